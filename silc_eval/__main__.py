@@ -1,0 +1,5 @@
+import sys
+
+from silc_eval.cli import main
+
+sys.exit(main())

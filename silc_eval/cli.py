@@ -1,0 +1,146 @@
+"""Command-line interface: parsing only; the work is done by runner, registry, data and train."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from silc_eval import __version__
+from silc_eval.errors import UserError
+
+EXIT_USER_ERROR = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line and exit code 2."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the silc-eval argument parser with its subcommands."""
+    parser = OneLineParser(prog="silc-eval", description="Zero-shot evaluation and training for CLIP-style models.")
+    parser.add_argument("--version", action="version", version=f"silc-eval {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+
+    run = sub.add_parser("run", help="evaluate models on a suite and write records and a leaderboard")
+    which = run.add_mutually_exclusive_group()
+    which.add_argument("--suite", default=None, help="suite name (default: all)")
+    which.add_argument("--benchmark", action="append", default=[], help="a benchmark name (repeatable)")
+    run.add_argument("--model", action="append", default=[],
+                     help="zoo name, ARCH:CHECKPOINT or local-dir:FOLDER (repeatable; default: every zoo model)")
+    run.add_argument("--data-root", type=Path, default=None, help="folder holding real datasets")
+    run.add_argument("--synthscenes-root", type=Path, default=None,
+                     help="folder holding synthscenes/ (default: generated once into the cache)")
+    run.add_argument("--output", type=Path, default=Path("runs/latest"), help="output folder (default: runs/latest)")
+    run.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    lister = sub.add_parser("list", help="list benchmarks, suites or models")
+    lister.add_argument("what", choices=["benchmarks", "suites", "models", "recipes"])
+
+    data = sub.add_parser("data", help="write datasets")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
+    synth = data_sub.add_parser("synthscenes", help="write the SynthScenes world to a folder")
+    synth.add_argument("--out", type=Path, required=True, help="destination folder (synthscenes/ is created in it)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--n-train", type=int, default=None, help="number of training pairs")
+    synth.add_argument("--parts", default=None, help="comma-separated parts (default: all)")
+
+    train = sub.add_parser("train", help="train a recipe into an open_clip local-dir checkpoint with a card")
+    train.add_argument("--recipe", required=True, help="recipe name (model_zoo/recipes) or YAML path")
+    train.add_argument("--output", type=Path, default=None, help="checkpoint folder (default: runs/train/<recipe>)")
+    train.add_argument("--steps", type=int, default=None, help="override optim.steps")
+    train.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
+    train.add_argument("--batch-size", type=int, default=None, help="override optim.batch_size")
+    train.add_argument("--n-train", type=int, default=None, help="override data.n_train (SynthScenes pairs)")
+    train.add_argument("--device", default="cpu")
+    train.add_argument("--no-eval", action="store_true", help="skip the reference-score evaluation")
+    return parser
+
+
+def cmd_run(args) -> int:
+    from silc_eval.registry import resolve_benchmarks, resolve_suite
+    from silc_eval.runner import RunConfig, run
+
+    benchmarks = resolve_benchmarks(args.benchmark) if args.benchmark else resolve_suite(args.suite or "all")
+    run(RunConfig(benchmarks=benchmarks, models=args.model, output=args.output, data_root=args.data_root,
+                  synthscenes_root=args.synthscenes_root, device=args.device, progress=not args.no_progress))
+    print(f"wrote {args.output}/leaderboard.md, leaderboard.csv, results.csv and records/")
+    print((args.output / "leaderboard.md").read_text())
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "benchmarks":
+        from silc_eval.registry import load_benchmarks
+
+        for b in load_benchmarks().values():
+            print(f"{b.name:<32s} {b.task:<26s} {b.dataset['source']:<12s} {b.main_metric}")
+    elif args.what == "suites":
+        from silc_eval.registry import load_suites
+
+        for s in load_suites().values():
+            print(f"{s.name:<16s} {', '.join(s.benchmarks)}")
+    elif args.what == "models":
+        from silc_eval.models.zoo import list_zoo
+
+        for entry in list_zoo():
+            training = entry.card.get("training", {})
+            print(f"{entry.name:<28s} recipe={training.get('recipe', '?'):<10s} "
+                  f"images_seen={training.get('images_seen', '?')}  sha256={entry.card.get('weights', {}).get('sha256', '?')[:12]}")
+    else:
+        from silc_eval.train.recipe import available_recipes
+
+        print("\n".join(available_recipes()))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from silc_eval.data.synthscenes import PARTS, SynthScenesConfig, write_synthscenes
+
+    parts = tuple(args.parts.split(",")) if args.parts else PARTS
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise UserError(f"unknown SynthScenes part '{unknown[0]}'; expected some of {', '.join(PARTS)}")
+    config = SynthScenesConfig(seed=args.seed, **({"n_train": args.n_train} if args.n_train else {}))
+    out = write_synthscenes(args.out, config=config, parts=parts)
+    print(f"wrote SynthScenes ({', '.join(parts)}) to {out / 'synthscenes'}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from silc_eval.runner import check_device
+    from silc_eval.train.loop import train
+    from silc_eval.train.recipe import load_recipe
+
+    check_device(args.device)
+    recipe = load_recipe(args.recipe, {"steps": args.steps, "epochs": args.epochs, "batch_size": args.batch_size,
+                                       "n_train": args.n_train})
+    output = args.output or Path("runs/train") / recipe["name"]
+    card = train(recipe, output, device=args.device, evaluate=not args.no_eval)
+    print(f"wrote {output} ({card['training']['steps']} steps, {card['training']['images_seen']} images, "
+          f"{card['training']['wall_time_s']} s)")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "train": cmd_train}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 for a user's mistake, with one line on stderr)."""
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"silc-eval: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("silc-eval: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

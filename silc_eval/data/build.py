@@ -1,0 +1,52 @@
+"""Build a benchmark's dataset from its YAML declaration and the data roots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from silc_eval.data.metadata import is_packaged, load_names
+from silc_eval.data.readers import ImageFolderClassification, KarpathyRetrieval
+from silc_eval.errors import UserError
+
+
+def expected_paths(dataset: dict) -> list[str]:
+    """Return the paths (relative to the data root) a dataset declaration reads."""
+    keys = {"imagefolder": ("root", "classnames", "templates"), "karpathy": ("annotations", "images")}
+    return [dataset[k] for k in keys[dataset["format"]] if k in dataset and not is_packaged(dataset[k])]
+
+
+def synthscenes_parts(dataset: dict) -> list[str]:
+    """Return the SynthScenes parts a dataset declaration needs (synthscenes/<part>/...)."""
+    return sorted({Path(p).parts[1] for p in expected_paths(dataset)})
+
+
+def dataset_root(dataset: dict, data_root: Path | None, synthscenes_root: Path | None) -> Path:
+    """Return the folder a dataset's relative paths are resolved against, generating SynthScenes if needed."""
+    if dataset["source"] == "synthscenes":
+        from silc_eval.data.synthscenes import ensure_synthscenes
+
+        return ensure_synthscenes(synthscenes_root, parts=synthscenes_parts(dataset))
+    if data_root is None:
+        raise UserError(f"dataset {dataset['name']} reads real data: pass --data-root DIR with "
+                        f"{', '.join(expected_paths(dataset))} under it")
+    missing = [p for p in expected_paths(dataset) if not (Path(data_root) / p).exists()]
+    if missing:
+        raise UserError(f"dataset {dataset['name']} not found under {data_root}: expected "
+                        f"{', '.join(str(Path(data_root) / p) for p in missing)}")
+    return Path(data_root)
+
+
+def build_dataset(dataset: dict, root: Path, transform: Callable | None):
+    """Return the torch Dataset for a declaration, reading files under root."""
+    fmt = dataset["format"]
+    if fmt == "imagefolder":
+        classnames = load_names("classnames", dataset["classnames"], root)
+        templates = load_names("templates", dataset["templates"], root) if "templates" in dataset else None
+        files = [root / dataset[k] for k in ("classnames", "templates") if k in dataset and not is_packaged(dataset[k])]
+        return ImageFolderClassification(root / dataset["root"], classnames, templates, transform=transform,
+                                         metadata_files=files)
+    if fmt == "karpathy":
+        return KarpathyRetrieval(root / dataset["annotations"], root / dataset["images"],
+                                 split=dataset.get("split", "test"), transform=transform)
+    raise UserError(f"unknown dataset format '{fmt}'")

@@ -1,0 +1,48 @@
+"""Dataset fingerprints: a short hash that changes when the data a benchmark reads changes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable
+
+# Files with these suffixes are hashed by content; other files (images) by name and size,
+# which keeps fingerprinting a 50k-image folder to a directory walk.
+CONTENT_HASHED_SUFFIXES = {".json", ".txt", ".csv", ".yaml", ".yml", ".tsv"}
+
+
+def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Return the hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def fingerprint_files(files: Iterable[Path], root: Path | None = None, full_content: bool = False) -> str:
+    """Return a 16-hex-digit fingerprint of files, named relative to root.
+
+    root defaults to the files' common folder, so moving a dataset does not change it.
+    Text and annotation files are always hashed by content; other files by their
+    relative name and byte size, or by content too when full_content is true.
+    """
+    paths = sorted(Path(f).resolve() for f in files)
+    root = Path(root).resolve() if root is not None else Path(os.path.commonpath(paths)) if paths else Path("/")
+    digest = hashlib.sha256()
+    for path in paths:
+        rel = path.relative_to(root).as_posix()
+        if full_content or path.suffix.lower() in CONTENT_HASHED_SUFFIXES:
+            item = f"{rel}\0content\0{file_sha256(path)}\n"
+        else:
+            item = f"{rel}\0size\0{path.stat().st_size}\n"
+        digest.update(item.encode())
+    return digest.hexdigest()[:16]
+
+
+def fingerprint_tree(root: Path, full_content: bool = False) -> str:
+    """Return the fingerprint of every regular file below root (hidden files excluded)."""
+    root = Path(root)
+    files = [p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return fingerprint_files(files, root, full_content=full_content)

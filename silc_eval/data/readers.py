@@ -1,0 +1,137 @@
+"""Readers for the on-disk layouts the community uses; each returns a torch Dataset.
+
+A reader only reads: it checks the layout, lists samples, and opens images. It
+computes no metric. Every reader exposes `fingerprint` (see data/fingerprint.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from silc_eval.data.fingerprint import fingerprint_files
+from silc_eval.errors import UserError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def read_lines(path: Path, what: str) -> list[str]:
+    """Return the non-empty stripped lines of a text file; a missing file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: expected {path}")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Return the image at path as RGB; an unreadable file is a UserError naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except OSError as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+class ImageFolderClassification(Dataset):
+    """An ImageFolder split (root/<class_folder>/<image>) with display class names.
+
+    Class index = position of the folder in sorted order (torchvision's convention,
+    and ImageNet's standard order when folders are WordNet ids); classnames[i] is the
+    display name of that folder. Items are (transformed image, class index).
+    """
+
+    def __init__(self, root: Path, classnames: Sequence[str], templates: Sequence[str] | None = None,
+                 transform: Callable | None = None, metadata_files: Sequence[Path] = ()):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise UserError(f"image folder not found: expected {self.root}/<class>/<image files>")
+        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        if not folders:
+            raise UserError(f"no class folders in {self.root}: expected {self.root}/<class>/<image files>")
+        self.classes = list(classnames)
+        if len(self.classes) != len(folders):
+            raise UserError(f"{len(self.classes)} class names were given but {self.root} has {len(folders)} class "
+                            f"folders; expected one name per folder, in sorted folder order")
+        self.templates = list(templates) if templates else ["a photo of a {c}."]
+        self.samples: list[tuple[Path, int]] = []
+        for index, folder in enumerate(folders):
+            files = sorted(p for p in (self.root / folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            self.samples.extend((p, index) for p in files)
+        if not self.samples:
+            raise UserError(f"no images under {self.root}/<class>/ (looked for {sorted(IMAGE_SUFFIXES)})")
+        self.folders = folders
+        self.targets = [label for _, label in self.samples]
+        self.transform = transform
+        self.fingerprint = fingerprint_files([p for p, _ in self.samples] + [Path(f) for f in metadata_files])
+
+    @property
+    def image_paths(self) -> list[Path]:
+        """Return the image file of every sample, in dataset order."""
+        return [p for p, _ in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        image = load_rgb(path)
+        return (self.transform(image) if self.transform else image), label
+
+
+class KarpathyRetrieval(Dataset):
+    """Images with several captions each, from a Karpathy-style JSON (dataset_coco.json style).
+
+    Image file = images_root / entry['filepath'] (when present) / entry['filename'].
+    Items are (transformed image, [caption, ...]).
+    """
+
+    def __init__(self, annotation_file: Path, images_root: Path, split: str = "test",
+                 transform: Callable | None = None):
+        annotation_file, images_root = Path(annotation_file), Path(images_root)
+        if not annotation_file.is_file():
+            raise UserError(f"caption file not found: expected Karpathy-style JSON at {annotation_file}")
+        try:
+            entries = json.loads(annotation_file.read_text(encoding="utf-8"))["images"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{annotation_file} is not a Karpathy-style caption file: expected "
+                            f'{{"images": [{{"filename", "split", "sentences": [{{"raw"}}]}}]}}') from None
+        self.image_files: list[Path] = []
+        self.captions: list[list[str]] = []
+        for entry in entries:
+            if entry.get("split") != split:
+                continue
+            path = images_root / entry.get("filepath", "") / entry["filename"]
+            self.image_files.append(path)
+            self.captions.append([s["raw"].strip() for s in entry["sentences"]])
+        if not self.image_files:
+            raise UserError(f"{annotation_file} has no images in split '{split}'")
+        missing = [p for p in self.image_files if not p.is_file()]
+        if missing:
+            raise UserError(f"{len(missing)} images listed in {annotation_file} are missing, e.g. {missing[0]}; "
+                            f"expected them under {images_root}/<filepath>/<filename>")
+        self.transform = transform
+        self.fingerprint = fingerprint_files(self.image_files + [annotation_file])
+
+    @property
+    def image_paths(self) -> list[Path]:
+        """Return the image file of every sample, in dataset order."""
+        return list(self.image_files)
+
+    def __len__(self) -> int:
+        return len(self.image_files)
+
+    def __getitem__(self, index: int):
+        image = load_rgb(self.image_files[index])
+        return (self.transform(image) if self.transform else image), self.captions[index]
+
+
+def retrieval_collate(batch):
+    """Collate (image, captions) pairs into (image batch, list of caption lists), as clip-benchmark does."""
+    import torch
+
+    images, captions = zip(*batch)
+    return torch.stack(images), list(captions)

@@ -1,0 +1,48 @@
+"""The open_clip implementation of the VLModel protocol."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+class OpenClipModel:
+    """Wraps an open_clip model, its tokenizer and its eval preprocessing."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Callable, preprocess: Callable,
+                 name: str, sha256: str, source: str, architecture: str):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.name = name
+        self.sha256 = sha256
+        self.source = source
+        self.architecture = architecture
+
+    @property
+    def device(self) -> torch.device:
+        """Return the device of the model's first parameter."""
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> "OpenClipModel":
+        """Move the weights to device; returns self."""
+        self.model.to(device)
+        return self
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        """Return token ids for texts with the checkpoint's own tokenizer."""
+        return self.tokenizer(list(texts))
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Return image embeddings (N, D), L2-normalised if asked."""
+        features = self.model.encode_image(images)
+        return F.normalize(features, dim=-1) if normalize else features
+
+    @torch.no_grad()
+    def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """Return text embeddings (N, D), L2-normalised if asked."""
+        features = self.model.encode_text(tokens)
+        return F.normalize(features, dim=-1) if normalize else features

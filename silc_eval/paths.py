@@ -1,0 +1,23 @@
+"""Where the project's data files live: benchmark definitions and the model zoo."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def benchmarks_dir() -> Path:
+    """Return the folder of benchmark and suite YAML ($SILC_EVAL_BENCHMARKS overrides)."""
+    return Path(os.environ.get("SILC_EVAL_BENCHMARKS", PROJECT_ROOT / "benchmarks"))
+
+
+def zoo_dir() -> Path:
+    """Return the model zoo folder ($SILC_EVAL_ZOO overrides)."""
+    return Path(os.environ.get("SILC_EVAL_ZOO", PROJECT_ROOT / "model_zoo"))
+
+
+def cache_dir() -> Path:
+    """Return the cache folder for generated data and features ($SILC_EVAL_CACHE overrides)."""
+    return Path(os.environ.get("SILC_EVAL_CACHE", Path.home() / ".cache" / "silc_eval"))

@@ -1,0 +1,1 @@
+"""Reports: tables built only from result records."""

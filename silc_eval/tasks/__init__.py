@@ -1,0 +1,12 @@
+"""Tasks: one module per task, each with DEFAULT_PARAMS, METRICS, DATASET_FORMATS and evaluate()."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from silc_eval.tasks import retrieval, zeroshot_classification
+
+TASKS: dict[str, ModuleType] = {
+    "zeroshot_classification": zeroshot_classification,
+    "retrieval": retrieval,
+}

@@ -1,0 +1,1 @@
+"""The training core: recipes, objectives, data, loop and checkpoint export."""

@@ -1,0 +1,183 @@
+"""Shared session-scoped fixtures: a tiny random open_clip checkpoint and tiny datasets on disk.
+
+Everything is generated from fixed seeds, so every test run sees byte-identical files
+and an identical model. The checkpoint is built exactly as the trainer builds one
+(word tokenizer -> open_clip_config -> create_model -> save_local_dir), so it loads
+through the same `local-dir:` path as trained zoo models.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+# ----------------------------------------------------------------------------- fixture content
+
+TINY_CLASSNAMES = ["red square", "green circle", "blue triangle", "yellow star", "purple heart", "orange moon"]
+# Folder names deliberately differ from the display names; class index = sorted folder order.
+TINY_CLASS_FOLDERS = [f"n{index:03d}" for index in range(len(TINY_CLASSNAMES))]
+TINY_TEMPLATES = ["a photo of a {c}.", "a drawing of the {c}.", "a small {c} on a plain background."]
+TINY_IMAGES_PER_CLASS = 4
+TINY_IMAGE_SIZE = 40
+
+RETRIEVAL_COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
+RETRIEVAL_SHAPES = ["square", "circle", "triangle", "star"]
+RETRIEVAL_PLACES = ["left", "right", "top", "bottom", "middle"]
+TINY_RETRIEVAL_IMAGES = 12
+TINY_CAPTIONS_PER_IMAGE = 5
+
+TINY_MODEL_SECTION = {
+    "embed_dim": 32,
+    "vision": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
+    "text": {"context_length": 16, "width": 32, "heads": 2, "layers": 2},
+}
+TINY_MODEL_SEED = 0
+DATA_SEED = 1234
+
+
+def tiny_captions() -> list[list[str]]:
+    """Return TINY_CAPTIONS_PER_IMAGE distinct captions for each retrieval image (no caption repeats anywhere)."""
+    captions = []
+    for image in range(TINY_RETRIEVAL_IMAGES):
+        colour = RETRIEVAL_COLOURS[image % len(RETRIEVAL_COLOURS)]
+        shape = RETRIEVAL_SHAPES[image % len(RETRIEVAL_SHAPES)]
+        captions.append([f"a {colour} {shape} at the {place} of image number {image}" for place in RETRIEVAL_PLACES])
+    return captions
+
+
+def words_of(texts) -> list[str]:
+    """Return the lower-cased words of texts as the word tokenizer splits them (\\w+ | punctuation runs)."""
+    return sorted({w for text in texts for w in re.findall(r"\w+|[^\w\s]+", text.lower())})
+
+
+def tiny_vocabulary() -> list[str]:
+    """Return every word any fixture text uses (class prompts and captions)."""
+    prompts = [t.format(c=c) for c in TINY_CLASSNAMES for t in TINY_TEMPLATES]
+    captions = [c for per_image in tiny_captions() for c in per_image]
+    return words_of(prompts + captions)
+
+
+def build_tiny_model_dir(folder: Path, seed: int = TINY_MODEL_SEED) -> Path:
+    """Write a tiny random open_clip local-dir checkpoint into folder, as the trainer does; returns folder."""
+    from silc_eval.train.model_config import create_model, open_clip_config, save_local_dir
+    from silc_eval.train.tokenizer import save_word_tokenizer
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_size = save_word_tokenizer(tiny_vocabulary(), folder)
+    config = open_clip_config(TINY_MODEL_SECTION, vocab_size, (0.5,) * 3, (0.5,) * 3)
+    torch.manual_seed(seed)
+    model = create_model(config)
+    save_local_dir(model, config, folder)
+    return folder
+
+
+def _noisy_image(rng: np.random.Generator, colour: np.ndarray, size: int = TINY_IMAGE_SIZE) -> Image.Image:
+    """Return an RGB image: a colour field with pixel noise and one random darker rectangle."""
+    pixels = colour[None, None, :] + rng.normal(0.0, 25.0, size=(size, size, 3))
+    x0, y0 = rng.integers(0, size // 2, size=2)
+    w, h = rng.integers(size // 4, size // 2, size=2)
+    pixels[y0:y0 + h, x0:x0 + w] *= rng.uniform(0.2, 0.7)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), mode="RGB")
+
+
+@dataclass(frozen=True)
+class ClassificationFixture:
+    """An ImageFolder split on disk: image_root/<folder>/<image>.png, class index = sorted folder order."""
+
+    root: Path
+    image_root: Path
+    classnames: list[str]
+    templates: list[str]
+    classnames_file: Path
+    templates_file: Path
+
+    def dataset(self, transform=None):
+        """Return the ImageFolderClassification reader over this folder."""
+        from silc_eval.data.readers import ImageFolderClassification
+
+        return ImageFolderClassification(self.image_root, self.classnames, self.templates, transform=transform)
+
+
+@dataclass(frozen=True)
+class RetrievalFixture:
+    """Images with several captions each and their Karpathy-style JSON (all split "test")."""
+
+    root: Path
+    annotation_file: Path
+    images_root: Path
+    captions: list[list[str]]
+
+    def dataset(self, transform=None, split: str = "test"):
+        """Return the KarpathyRetrieval reader over this folder."""
+        from silc_eval.data.readers import KarpathyRetrieval
+
+        return KarpathyRetrieval(self.annotation_file, self.images_root, split=split, transform=transform)
+
+
+def write_classification_dir(root: Path, seed: int = DATA_SEED) -> ClassificationFixture:
+    """Write the tiny ImageFolder (6 classes x 4 PNGs of 40x40) with classnames.txt and templates.txt."""
+    rng = np.random.default_rng(seed)
+    image_root = Path(root) / "val"
+    palette = rng.uniform(30, 225, size=(len(TINY_CLASSNAMES), 3))
+    for folder, colour in zip(TINY_CLASS_FOLDERS, palette):
+        (image_root / folder).mkdir(parents=True, exist_ok=True)
+        for index in range(TINY_IMAGES_PER_CLASS):
+            _noisy_image(rng, colour).save(image_root / folder / f"{index:06d}.png")
+    classnames_file, templates_file = Path(root) / "classnames.txt", Path(root) / "templates.txt"
+    classnames_file.write_text("\n".join(TINY_CLASSNAMES) + "\n", encoding="utf-8")
+    templates_file.write_text("\n".join(TINY_TEMPLATES) + "\n", encoding="utf-8")
+    return ClassificationFixture(Path(root), image_root, list(TINY_CLASSNAMES), list(TINY_TEMPLATES),
+                                 classnames_file, templates_file)
+
+
+def write_retrieval_dir(root: Path, seed: int = DATA_SEED + 1) -> RetrievalFixture:
+    """Write 12 random-coloured PNGs under root/images and root/dataset_tiny.json (Karpathy format)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    captions = tiny_captions()
+    entries = []
+    for index, per_image in enumerate(captions):
+        filename = f"{index:06d}.png"
+        _noisy_image(rng, rng.uniform(30, 225, size=3)).save(root / "images" / filename)
+        entries.append({"filepath": "images", "filename": filename, "split": "test", "imgid": index,
+                        "sentences": [{"raw": caption} for caption in per_image]})
+    annotation_file = root / "dataset_tiny.json"
+    annotation_file.write_text(json.dumps({"images": entries}), encoding="utf-8")
+    return RetrievalFixture(root, annotation_file, root, captions)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny random open_clip local-dir checkpoint (ViT 32px / 8px patches, 2+2 layers, 32-d embeddings)."""
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir):
+    """The tiny checkpoint loaded through silc_eval.models.load_model (eval mode, CPU)."""
+    from silc_eval.models import load_model
+
+    return load_model(f"local-dir:{tiny_model_dir}")
+
+
+@pytest.fixture(scope="session")
+def tiny_classification_dir(tmp_path_factory) -> ClassificationFixture:
+    """A 6-class x 4-image ImageFolder with display names and 3 templates."""
+    return write_classification_dir(tmp_path_factory.mktemp("tiny_classification"))
+
+
+@pytest.fixture(scope="session")
+def tiny_retrieval_dir(tmp_path_factory) -> RetrievalFixture:
+    """12 images with 5 distinct captions each, in a Karpathy-style JSON."""
+    return write_retrieval_dir(tmp_path_factory.mktemp("tiny_retrieval"))
