@@ -13,7 +13,7 @@ import torch
 
 from silc_eval.data.build import build_dataset, dataset_root
 from silc_eval.errors import UserError
-from silc_eval.models import load_model
+from silc_eval.models import load_model, parse_model_spec
 from silc_eval.models.zoo import list_zoo
 from silc_eval.registry import Benchmark
 from silc_eval.report.write import write_reports
@@ -73,6 +73,8 @@ def run(config: RunConfig) -> list[dict]:
     """Evaluate every model on every benchmark, write one record each and the reports; returns the records."""
     check_device(config.device)
     model_specs = config.models or default_models()
+    for spec in model_specs:
+        parse_model_spec(spec)  # fail on a bad name before any data is generated or read
     roots = {b.name: dataset_root(b.dataset, config.data_root, config.synthscenes_root) for b in config.benchmarks}
     records, model_names = [], []
     for spec in model_specs:

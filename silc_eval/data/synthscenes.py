@@ -54,8 +54,9 @@ __all__ = [
     "OBJECT_CLASSES", "PARTS", "POSITION_WORDS", "SEEN_CLASSES", "SEGMENTATION_CLASSES",
     "SIZE_WORDS", "STUFF_CLASSES", "UNSEEN_CLASSES", "VERSION", "Scene", "SceneObject",
     "SynthScenesConfig", "caption_tokens", "classification_scene", "compute_part_fingerprint",
-    "default_cache_root", "default_workers", "ensure_synthscenes", "item_rng", "main_class_of", "make_captions",
-    "part_fingerprint", "read_manifest", "render_scene", "vocabulary", "write_synthscenes",
+    "default_cache_root", "default_workers", "ensure_synthscenes", "item_rng", "main_class_of",
+    "make_captions", "part_fingerprint", "read_manifest", "render_scene", "vocabulary",
+    "world_description", "write_synthscenes",
 ]
 
 PARTS = ("classification", "retrieval", "segmentation", "train")
@@ -82,15 +83,23 @@ class SynthScenesConfig:
     shard_size: int = 2000
 
     def __post_init__(self) -> None:
-        counts = {k: v for k, v in asdict(self).items() if k not in ("seg_size",)}
-        for name, value in counts.items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        for name, value in asdict(self).items():
+            if name != "seg_size" and not _is_count(value):
                 raise UserError(f"SynthScenes config {name}={value!r} is invalid; expected an integer >= 0")
-        if self.image_size < 16 or min(self.seg_size) < 16 or len(self.seg_size) != 2:
-            raise UserError(f"SynthScenes image_size={self.image_size}, seg_size={self.seg_size} too small; "
-                            "expected sizes of at least 16 pixels and seg_size as (width, height)")
+        seg_size = tuple(self.seg_size)
+        if len(seg_size) != 2 or not all(_is_count(v) for v in seg_size):
+            raise UserError(f"SynthScenes config seg_size={self.seg_size!r} is invalid; "
+                            "expected (width, height)")
+        object.__setattr__(self, "seg_size", seg_size)
+        if min(self.image_size, *seg_size) < 16:
+            raise UserError(f"SynthScenes image_size={self.image_size}, seg_size={seg_size} are too small; "
+                            "expected at least 16 pixels")
         if self.shard_size < 1:
             raise UserError(f"SynthScenes shard_size={self.shard_size} is invalid; expected at least 1")
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 # ----------------------------------------------------------------------------- seeds and paths
@@ -146,7 +155,8 @@ _CHUNK = 100
 _MIN_PARALLEL_ITEMS = 500  # below this, starting worker processes costs more than it saves
 
 
-def _chunks(total: int, size: int = _CHUNK) -> list[tuple[int, int]]:
+def _chunks(total: int, size: int | None = None) -> list[tuple[int, int]]:
+    size = size or _CHUNK
     return [(start, min(start + size, total)) for start in range(0, total, size)]
 
 
@@ -206,7 +216,8 @@ def _write_classification(out: Path, config: SynthScenesConfig, run: Callable) -
     for split, n in per_class.items():
         for cls in OBJECT_CLASSES:
             (out / split / cls).mkdir(parents=True)
-        jobs += [(_classification_chunk, (out, config, split, a, b)) for a, b in _chunks(n * len(OBJECT_CLASSES))]
+        jobs += [(_classification_chunk, (out, config, split, a, b))
+                 for a, b in _chunks(n * len(OBJECT_CLASSES))]
     run(jobs)
     classnames = sorted(OBJECT_CLASSES)
     _write_lines(out / "classnames.txt", classnames)
@@ -260,7 +271,8 @@ def _write_segmentation(out: Path, config: SynthScenesConfig, run: Callable) -> 
     for split, n in splits.items():
         (out / "img_dir" / split).mkdir(parents=True)
         (out / "ann_dir" / split).mkdir(parents=True)
-        jobs += [(_segmentation_chunk, (out, config, split, a, b)) for a, b in _chunks(n, _CHUNK // 2)]
+        jobs += [(_segmentation_chunk, (out, config, split, a, b))
+                 for a, b in _chunks(n, max(1, _CHUNK // 2))]
     run(jobs)
     _write_lines(out / "classes.txt", SEGMENTATION_CLASSES)
     return {"format": "mmseg", "counts": splits, "classes": list(SEGMENTATION_CLASSES),
@@ -321,7 +333,8 @@ _PART_CONFIG_KEYS = {
 
 
 def _part_total(part: str, config: SynthScenesConfig) -> int:
-    return {"classification": (config.n_cls_train_per_class + config.n_cls_val_per_class) * len(OBJECT_CLASSES),
+    per_class = config.n_cls_train_per_class + config.n_cls_val_per_class
+    return {"classification": per_class * len(OBJECT_CLASSES),
             "retrieval": config.n_retrieval,
             "segmentation": config.n_seg_train + config.n_seg_val,
             "train": config.n_train}[part]
@@ -396,8 +409,12 @@ def world_description(config: SynthScenesConfig) -> dict:
 def _write_world(dataset: Path, config: SynthScenesConfig) -> None:
     path = dataset / "world.json"
     text = json.dumps(world_description(config), indent=2, sort_keys=True) + "\n"
-    if not path.exists() or path.read_text(encoding="utf-8") != text:
+    if not path.exists():
         atomic_write_text(path, text)
+    elif path.read_text(encoding="utf-8") != text:
+        found = json.loads(path.read_text(encoding="utf-8"))
+        raise UserError(f"{path} describes {found.get('version')} seed {found.get('seed')}, not {VERSION} "
+                        f"seed {config.seed}; delete {dataset} or choose another data root")
 
 
 def _check_parts(parts: Sequence[str]) -> tuple[str, ...]:
@@ -416,8 +433,9 @@ def ensure_synthscenes(root: Path | None = None, parts: Sequence[str] = EVAL_PAR
     the folder that contains synthscenes/ (default_cache_root(config) when root is None).
 
     Parts already present are left alone; one generated with a different config is a UserError.
-    Large parts are rendered by ``workers`` processes (default_workers() when None); the
-    files do not depend on it.
+    Large parts are rendered by ``workers`` processes (default_workers() when None; the
+    files do not depend on it). They are started with "spawn", so a script that calls this
+    with workers > 1 needs the usual ``if __name__ == "__main__":`` guard.
     """
     workers = default_workers() if workers is None else workers
     parts = _check_parts(parts)
@@ -434,6 +452,7 @@ def ensure_synthscenes(root: Path | None = None, parts: Sequence[str] = EVAL_PAR
 
 
 def write_synthscenes(out: Path, config: SynthScenesConfig = SynthScenesConfig(),
-                      parts: Sequence[str] = PARTS, progress: bool = True, workers: int | None = None) -> Path:
+                      parts: Sequence[str] = PARTS, progress: bool = True,
+                      workers: int | None = None) -> Path:
     """Generate SynthScenes (all parts by default) under out/synthscenes/ and return out."""
     return ensure_synthscenes(Path(out), parts=parts, config=config, progress=progress, workers=workers)

@@ -8,6 +8,7 @@ pixel for pixel. Writing scenes to disk lives in ``synthscenes.py``.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -112,25 +113,31 @@ class Scene:
 
 # ----------------------------------------------------------------------------- textures
 
+@functools.lru_cache(maxsize=8)
 def _grid(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
-    ys, xs = np.mgrid[0:height, 0:width]
-    return xs.astype(np.float32), ys.astype(np.float32)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    xs.setflags(write=False)
+    ys.setflags(write=False)
+    return xs, ys
 
 
 def _noise(rng: np.random.Generator, width: int, height: int, sigma: float) -> np.ndarray:
-    return rng.normal(0.0, sigma, (height, width, 1)).astype(np.float32)
+    return rng.standard_normal((height, width, 1), dtype=np.float32) * np.float32(sigma)
+
+
+def _tint(rng: np.random.Generator, rgb: tuple[int, int, int], spread: float) -> np.ndarray:
+    return np.asarray(rgb, np.float32) + rng.uniform(-spread, spread, 3).astype(np.float32)
 
 
 def _sky(rng: np.random.Generator, width: int, height: int, scale: float) -> np.ndarray:
-    _, ys = _grid(width, height)
-    top = np.array([100, 160, 230], np.float32) + rng.uniform(-10, 10, 3)
-    bottom = np.array([185, 215, 245], np.float32) + rng.uniform(-8, 8, 3)
-    t = (ys / max(height - 1, 1))[..., None]
+    top = _tint(rng, (100, 160, 230), 10)
+    bottom = _tint(rng, (185, 215, 245), 8)
+    t = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
     return top * (1 - t) + bottom * t + _noise(rng, width, height, 2.5)
 
 
 def _grass(rng: np.random.Generator, width: int, height: int, scale: float) -> np.ndarray:
-    base = np.array([70, 150, 55], np.float32) + rng.uniform(-10, 10, 3)
+    base = _tint(rng, (70, 150, 55), 10)
     img = np.broadcast_to(base, (height, width, 3)) + _noise(rng, width, height, 9)
     blade = max(3, round(4 * scale))
     field_ = rng.random((height // blade + 2, width))
@@ -141,7 +148,7 @@ def _grass(rng: np.random.Generator, width: int, height: int, scale: float) -> n
 
 
 def _sand(rng: np.random.Generator, width: int, height: int, scale: float) -> np.ndarray:
-    base = np.array([215, 190, 135], np.float32) + rng.uniform(-8, 8, 3)
+    base = _tint(rng, (215, 190, 135), 8)
     img = np.broadcast_to(base, (height, width, 3)) + _noise(rng, width, height, 6)
     speckle = rng.random((height, width)) < 0.07
     return np.where(speckle[..., None], np.array([160, 130, 85], np.float32), img)
@@ -149,7 +156,7 @@ def _sand(rng: np.random.Generator, width: int, height: int, scale: float) -> np
 
 def _water(rng: np.random.Generator, width: int, height: int, scale: float) -> np.ndarray:
     xs, ys = _grid(width, height)
-    base = np.array([25, 55, 125], np.float32) + rng.uniform(-8, 8, 3)
+    base = _tint(rng, (25, 55, 125), 8)
     img = np.broadcast_to(base, (height, width, 3)) + _noise(rng, width, height, 4)
     period = 7.0 * scale * rng.uniform(0.85, 1.15)
     sway = 1.5 * scale * np.sin(2 * math.pi * xs / (22.0 * scale) + rng.uniform(0, 2 * math.pi))
@@ -158,17 +165,19 @@ def _water(rng: np.random.Generator, width: int, height: int, scale: float) -> n
 
 
 def _wall(rng: np.random.Generator, width: int, height: int, scale: float) -> np.ndarray:
-    xs, ys = _grid(width, height)
     brick_h = max(4, round(8 * scale))
     brick_w = 2 * brick_h
-    ys = ys + rng.integers(0, brick_h)
-    row = (ys // brick_h).astype(np.int64)
-    xs = xs + rng.integers(0, brick_w) + (row % 2) * (brick_w // 2)
-    col = (xs // brick_w).astype(np.int64)
-    jitter = rng.normal(0, 12, (row.max() + 1, col.max() + 1, 1)).astype(np.float32)
-    base = np.array([155, 65, 45], np.float32) + rng.uniform(-8, 8, 3)
-    img = base + jitter[row, col] + _noise(rng, width, height, 3)
-    mortar = ((ys % brick_h) == 0) | ((xs % brick_w) == 0)
+    ys = np.arange(height) + rng.integers(0, brick_h)
+    row = ys // brick_h
+    odd = (row % 2 == 1)[:, None]
+    xs = np.arange(width) + rng.integers(0, brick_w)
+    xs_odd = xs + brick_w // 2
+    col = np.where(odd, (xs_odd // brick_w)[None, :], (xs // brick_w)[None, :])
+    jitter = rng.standard_normal((row.max() + 1, col.max() + 1, 1), dtype=np.float32) * np.float32(12)
+    base = _tint(rng, (155, 65, 45), 8)
+    img = base + jitter[row[:, None], col] + _noise(rng, width, height, 3)
+    vertical = np.where(odd, (xs_odd % brick_w == 0)[None, :], (xs % brick_w == 0)[None, :])
+    mortar = (ys % brick_h == 0)[:, None] | vertical
     return np.where(mortar[..., None], np.array([195, 190, 180], np.float32), img)
 
 
@@ -180,7 +189,8 @@ def stuff_texture(name: str, rng: np.random.Generator, width: int, height: int) 
     return _TEXTURES[name](rng, width, height, min(width, height) / 64.0)
 
 
-def _background(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _background(rng: np.random.Generator, width: int,
+                height: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Return (float image, uint8 label map, stuff names top to bottom)."""
     if rng.random() < 0.5:
         name = STUFF_CLASSES[rng.integers(len(STUFF_CLASSES))]
@@ -275,8 +285,8 @@ class _Placed(NamedTuple):
 
 
 def _jittered(rng: np.random.Generator, colour: str) -> tuple[int, int, int]:
-    rgb = np.array(COLOURS[colour]) + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3)
-    return tuple(int(v) for v in np.clip(rgb, 0, 255))
+    jitter = rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1, 3).tolist()
+    return tuple(min(255, max(0, c + j)) for c, j in zip(COLOURS[colour], jitter))
 
 
 def _try_place(rng, cls, size, owner, placed, width, height) -> tuple[np.ndarray, tuple[float, float]] | None:

@@ -1,0 +1,94 @@
+"""Users' mistakes: one line on stderr, exit code 2, no traceback, no files left behind."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from silc_eval.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("silc-eval: error: ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def test_unknown_suite_benchmark_and_model(capsys, tmp_path):
+    assert_one_line_error(*run_cli(capsys, "run", "--suite", "nope", "--output", str(tmp_path / "o"))[::2],
+                          "unknown suite 'nope'", "quick")
+    assert_one_line_error(*run_cli(capsys, "run", "--benchmark", "nope", "--output", str(tmp_path / "o"))[::2],
+                          "unknown benchmark 'nope'", "synthscenes-zeroshot")
+    assert_one_line_error(*run_cli(capsys, "run", "--suite", "quick", "--model", "no-such-model",
+                                   "--output", str(tmp_path / "o"))[::2], "unknown model 'no-such-model'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_checkpoint_file(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "run", "--suite", "quick", "--model", f"ViT-B-32:{tmp_path / 'missing.pt'}",
+                           "--output", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "checkpoint file not found", "missing.pt")
+    assert not (tmp_path / "o").exists()
+
+
+def test_truncated_checkpoint(capsys, tmp_path, tiny_model_dir):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    weights = broken / "open_clip_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    code, _, err = run_cli(capsys, "run", "--suite", "quick", "--model", f"local-dir:{broken}",
+                           "--output", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "could not be loaded", "open_clip_model.safetensors")
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_of_another_architecture(capsys, tmp_path, tiny_model_dir):
+    code, _, err = run_cli(capsys, "run", "--suite", "quick", "--model",
+                           f"RN50:{tiny_model_dir / 'open_clip_model.safetensors'}", "--output", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "could not be loaded as RN50")
+
+
+def test_local_dir_without_config(capsys, tmp_path):
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "run", "--suite", "quick", "--model", f"local-dir:{tmp_path / 'empty'}",
+                           "--output", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "open_clip_config.json")
+
+
+def test_data_root_without_layout_names_the_expected_paths(capsys, tmp_path, tiny_model_dir):
+    code, _, err = run_cli(capsys, "run", "--benchmark", "imagenet1k-zeroshot", "--data-root", str(tmp_path),
+                           "--model", f"local-dir:{tiny_model_dir}", "--output", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "imagenet1k-val", str(tmp_path / "imagenet" / "val"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_malformed_suite_yaml(capsys, tmp_path, monkeypatch):
+    root = tmp_path / "benchmarks"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "benchmarks", root,
+                    ignore=shutil.ignore_patterns("perf"))
+    (root / "suites" / "quick.yaml").write_text("name: quick\nbenchmarks: [synthscenes-zeroshot]\ncolour: red\n")
+    monkeypatch.setenv("SILC_EVAL_BENCHMARKS", str(root))
+    code, _, err = run_cli(capsys, "run", "--suite", "quick", "--output", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "quick.yaml", "unknown key 'colour'")
+    (root / "suites" / "quick.yaml").write_text("name: quick\n")
+    code, _, err = run_cli(capsys, "run", "--suite", "quick", "--output", str(tmp_path / "o"))
+    assert_one_line_error(code, err, "quick.yaml", "missing field 'benchmarks'")
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "silc_eval", "run", "--suite", "nope"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
