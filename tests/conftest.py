@@ -24,7 +24,8 @@ TINY_CLASSNAMES = ["red square", "green circle", "blue triangle", "yellow star",
 # Folder names deliberately differ from the display names; class index = sorted folder order.
 TINY_CLASS_FOLDERS = [f"n{index:03d}" for index in range(len(TINY_CLASSNAMES))]
 TINY_TEMPLATES = ["a photo of a {c}.", "a drawing of the {c}.", "a small {c} on a plain background."]
-TINY_IMAGES_PER_CLASS = 4
+# Unbalanced on purpose (24 images): balanced accuracy then differs from plain accuracy.
+TINY_IMAGES_PER_CLASS = [3, 4, 5, 6, 4, 2]
 TINY_IMAGE_SIZE = 40
 
 RETRIEVAL_COLOURS = ["red", "green", "blue", "yellow", "purple", "orange"]
@@ -38,7 +39,7 @@ TINY_MODEL_SECTION = {
     "vision": {"image_size": 32, "patch_size": 8, "width": 64, "layers": 2, "head_width": 32},
     "text": {"context_length": 16, "width": 32, "heads": 2, "layers": 2},
 }
-TINY_MODEL_SEED = 0
+TINY_MODEL_SEED = 1  # a seed whose random model predicts several classes (metrics away from 0, 1 and chance)
 DATA_SEED = 1234
 
 
@@ -123,13 +124,13 @@ class RetrievalFixture:
 
 
 def write_classification_dir(root: Path, seed: int = DATA_SEED) -> ClassificationFixture:
-    """Write the tiny ImageFolder (6 classes x 4 PNGs of 40x40) with classnames.txt and templates.txt."""
+    """Write the tiny ImageFolder (6 classes, 2-6 PNGs of 40x40 each) with classnames.txt and templates.txt."""
     rng = np.random.default_rng(seed)
     image_root = Path(root) / "val"
     palette = rng.uniform(30, 225, size=(len(TINY_CLASSNAMES), 3))
-    for folder, colour in zip(TINY_CLASS_FOLDERS, palette):
+    for folder, colour, count in zip(TINY_CLASS_FOLDERS, palette, TINY_IMAGES_PER_CLASS):
         (image_root / folder).mkdir(parents=True, exist_ok=True)
-        for index in range(TINY_IMAGES_PER_CLASS):
+        for index in range(count):
             _noisy_image(rng, colour).save(image_root / folder / f"{index:06d}.png")
     classnames_file, templates_file = Path(root) / "classnames.txt", Path(root) / "templates.txt"
     classnames_file.write_text("\n".join(TINY_CLASSNAMES) + "\n", encoding="utf-8")
@@ -173,7 +174,7 @@ def tiny_model(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def tiny_classification_dir(tmp_path_factory) -> ClassificationFixture:
-    """A 6-class x 4-image ImageFolder with display names and 3 templates."""
+    """A 6-class ImageFolder (24 images, unbalanced) with display names and 3 templates."""
     return write_classification_dir(tmp_path_factory.mktemp("tiny_classification"))
 
 
@@ -181,3 +182,28 @@ def tiny_classification_dir(tmp_path_factory) -> ClassificationFixture:
 def tiny_retrieval_dir(tmp_path_factory) -> RetrievalFixture:
     """12 images with 5 distinct captions each, in a Karpathy-style JSON."""
     return write_retrieval_dir(tmp_path_factory.mktemp("tiny_retrieval"))
+
+
+def _numpy_safe_float(value=0.0):
+    """float() that also accepts the 1-element arrays clip_benchmark's accuracy() passes it."""
+    import builtins
+
+    if isinstance(value, np.ndarray):
+        return builtins.float(value.reshape(-1)[0])
+    return builtins.float(value)
+
+
+@pytest.fixture
+def cb_zeroshot_classification(monkeypatch):
+    """clip_benchmark.metrics.zeroshot_classification, usable with the installed numpy.
+
+    clip-benchmark 1.6.2's accuracy() ends with float(<ndarray of shape (1,)>), which numpy >= 2.4
+    rejects (TypeError: only 0-dimensional arrays can be converted to Python scalars), so its
+    evaluate() cannot run as shipped. The fixture shadows the builtin float inside that module
+    only (for this test) with one that takes the single element; every ranking and counting step
+    stays clip_benchmark's own code.
+    """
+    from clip_benchmark.metrics import zeroshot_classification
+
+    monkeypatch.setattr(zeroshot_classification, "float", _numpy_safe_float, raising=False)
+    return zeroshot_classification

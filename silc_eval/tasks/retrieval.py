@@ -16,16 +16,17 @@ DATASET_FORMATS = ("karpathy",)
 def topk_hits(scores: torch.Tensor, positives: torch.Tensor, ks: Sequence[int], chunk_size: int = 4096) -> dict[int, torch.Tensor]:
     """Return, per k, a bool per query row: is any positive column among the row's top-k scores.
 
-    scores and positives are (queries, candidates); rows are processed in chunks so the
-    one-hot of the top-k never materialises for the whole matrix.
+    scores and positives are (queries, candidates); rows are processed in chunks. Each k
+    takes its own top-k, as CLIP_benchmark does: with exactly tied scores (repeated
+    captions) torch may order the tied candidates differently for different k, so a
+    shared top-max(k) sliced per k would not give CLIP_benchmark's numbers.
     """
-    max_k = min(max(ks), scores.shape[1])
     hits = {k: [] for k in ks}
     for start in range(0, scores.shape[0], chunk_size):
-        top = scores[start:start + chunk_size].topk(max_k, dim=1, largest=True, sorted=True).indices
-        found = positives[start:start + chunk_size].gather(1, top)
+        rows, row_positives = scores[start:start + chunk_size], positives[start:start + chunk_size]
         for k in ks:
-            hits[k].append(found[:, :k].any(dim=1))
+            top = rows.topk(min(k, rows.shape[1]), dim=1, largest=True, sorted=True).indices
+            hits[k].append(row_positives.gather(1, top).any(dim=1))
     return {k: torch.cat(v) for k, v in hits.items()}
 
 
