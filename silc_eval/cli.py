@@ -56,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, default=None, help="override optim.epochs")
     train.add_argument("--batch-size", type=int, default=None, help="override optim.batch_size")
     train.add_argument("--n-train", type=int, default=None, help="override data.n_train (SynthScenes pairs)")
-    train.add_argument("--device", default="cpu")
+    train.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank its local GPU)")
+    train.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    train.add_argument("--restart", action="store_true", help="discard an unfinished run's state instead of resuming")
+    train.add_argument("--keep-state", action="store_true", help="keep the resumable state after finishing")
     train.add_argument("--no-eval", action="store_true", help="skip the reference-score evaluation")
     return parser
 
@@ -120,9 +123,12 @@ def cmd_train(args) -> int:
     recipe = load_recipe(args.recipe, {"steps": args.steps, "epochs": args.epochs, "batch_size": args.batch_size,
                                        "n_train": args.n_train})
     output = args.output or Path("runs/train") / recipe["name"]
-    card = train(recipe, output, device=args.device, evaluate=not args.no_eval)
-    print(f"wrote {output} ({card['training']['steps']} steps, {card['training']['images_seen']} images, "
-          f"{card['training']['wall_time_s']} s)")
+    card = train(recipe, output, device=args.device, evaluate=not args.no_eval, restart=args.restart,
+                 keep_state=args.keep_state, amp=args.amp)
+    if card is not None:
+        compute = card["compute"]
+        print(f"wrote {output} ({card['training']['steps']} steps, {compute['images_seen']} images, "
+              f"{compute['training_flops']:.3g} FLOPs, {compute['wall_time_s']} s)")
     return 0
 
 

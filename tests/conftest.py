@@ -156,6 +156,25 @@ def write_retrieval_dir(root: Path, seed: int = DATA_SEED + 1) -> RetrievalFixtu
     return RetrievalFixture(root, annotation_file, root, captions)
 
 
+# ----------------------------------------------------------------------------- hermetic cache
+
+@pytest.fixture(scope="session", autouse=True)
+def hermetic_cache(tmp_path_factory):
+    """Point silc-eval's cache (SynthScenes, features) at a fresh folder for the test session.
+
+    Tests then never read state left by an earlier run or by the user's own cache.
+    """
+    import os
+
+    previous = os.environ.get("SILC_EVAL_CACHE")
+    os.environ["SILC_EVAL_CACHE"] = str(tmp_path_factory.mktemp("silc_eval_cache"))
+    yield Path(os.environ["SILC_EVAL_CACHE"])
+    if previous is None:
+        os.environ.pop("SILC_EVAL_CACHE", None)
+    else:
+        os.environ["SILC_EVAL_CACHE"] = previous
+
+
 # ----------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,21 @@
-"""The training loop: recipe -> open_clip model + objective -> local-dir checkpoint + model card."""
+"""The training loop: recipe -> student + objective -> resumable steps -> local-dir checkpoint + model card.
+
+One loop serves every objective and any number of processes (torchrun). During training
+the run lives in a hidden work folder beside the output (`.NAME.training/`: tokenizer,
+config, `train_state/last.pt`); a rerun with the same recipe resumes from it and gives
+the same model as an uninterrupted run. The output folder appears, atomically, only when
+training has finished.
+"""
 
 from __future__ import annotations
 
+import json
 import math
 import platform
+import shutil
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -13,16 +23,20 @@ import torch
 import yaml
 
 from silc_eval.errors import UserError
-from silc_eval.io import atomic_directory
+from silc_eval.io import atomic_directory, atomic_write_text
 from silc_eval.offline import enforce_offline
 from silc_eval.provenance import git_commit, package_versions
-from silc_eval.train.model_config import WEIGHTS_FILE, create_model, open_clip_config, save_local_dir
-from silc_eval.train.objectives import build_objective
-from silc_eval.train.pairs import iterate_pairs, list_shards
+from silc_eval.train.distributed import DistEnv, all_ranks_true, barrier, init_distributed, shutdown
+from silc_eval.train.model_config import (CONFIG_FILE, WEIGHTS_FILE, create_model, open_clip_config,
+                                          save_local_dir)
+from silc_eval.train.objectives import StudentModule, build_objective
+from silc_eval.train.pairs import PairSource, ReadStats, csv_source, iterate_batches, list_shards
+from silc_eval.train.state import load_state, recipe_hash, save_state
 from silc_eval.train.tokenizer import save_word_tokenizer
 
 SYNTH_MEAN = (0.5, 0.5, 0.5)
 SYNTH_STD = (0.5, 0.5, 0.5)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def log(message: str) -> None:
@@ -30,33 +44,43 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def resolve_training_data(recipe: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    """Return (shard paths, data description for the card) for the recipe's data section."""
+def work_folder(output: Path) -> Path:
+    """Return the hidden folder where an unfinished run of output keeps its state."""
+    return output.parent / f".{output.name}.training"
+
+
+def resolve_training_data(recipe: dict[str, Any]) -> tuple[PairSource, dict[str, Any]]:
+    """Return (pair source, data description for the card) for the recipe's data section."""
     data = recipe["data"]
     if data["source"] == "synthscenes":
         from silc_eval.data.synthscenes import SynthScenesConfig, ensure_synthscenes, part_fingerprint
 
-        config = SynthScenesConfig(n_train=data["n_train"])
-        root = ensure_synthscenes(None, parts=("train",), config=config)
+        root = ensure_synthscenes(None, parts=("train",), config=SynthScenesConfig(n_train=data["n_train"]))
         part = root / "synthscenes" / "train"
-        return list_shards(part / "shards"), {"source": "synthscenes", "n_train": data["n_train"],
-                                              "fingerprint": part_fingerprint(part)}
+        source = PairSource("webdataset", shards=list_shards(part / "shards"), size=data["n_train"])
+        return source, {"source": "synthscenes", "n_train": data["n_train"], "fingerprint": part_fingerprint(part)}
     if data["source"] == "webdataset":
         if not data["shards"]:
             raise UserError("recipe data.source is webdataset but data.shards (a folder of .tar shards) is not set")
         shards = list_shards(Path(data["shards"]))
-        return shards, {"source": "webdataset", "shards": str(data["shards"]), "n_shards": len(shards)}
-    raise UserError(f"unknown data.source '{data['source']}'; expected synthscenes or webdataset")
+        return PairSource("webdataset", shards=shards), {"source": "webdataset", "shards": str(data["shards"]),
+                                                         "n_shards": len(shards)}
+    if data["source"] == "csv":
+        if not data["csv"]:
+            raise UserError("recipe data.source is csv but data.csv (a CSV with filepath,caption) is not set")
+        source = csv_source(Path(data["csv"]), data["csv_image_column"], data["csv_caption_column"])
+        return source, {"source": "csv", "csv": str(data["csv"]), "n_rows": source.size}
+    raise UserError(f"unknown data.source '{data['source']}'; expected synthscenes, webdataset or csv")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Return AdamW groups: decay on matrices, none on gains, biases, embeddings and logit scale/bias."""
+    """Return AdamW groups: decay on matrices, none on gains, biases, embeddings, logit scale/bias, prototypes."""
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        exclude = param.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name \
-            or "embedding" in name
+        exclude = param.ndim < 2 or any(k in name for k in ("bn", "ln", "bias", "logit_scale", "embedding",
+                                                             "prototypes", "mask_token"))
         (no_decay if exclude else decay).append(param)
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
@@ -79,91 +103,281 @@ def count_steps(recipe: dict[str, Any], n_samples: int | None) -> int:
     return int(optim["epochs"]) * (n_samples // int(optim["batch_size"]))
 
 
+def prepare_work_folder(recipe: dict[str, Any], work: Path, env: DistEnv) -> dict[str, Any]:
+    """Write tokenizer and config into the work folder (rank 0) and return the open_clip config."""
+    from silc_eval.data.synthscenes import vocabulary
+
+    if env.is_main:
+        work.mkdir(parents=True, exist_ok=True)
+        vocab_size = save_word_tokenizer(vocabulary(), work)
+        config = open_clip_config(recipe["model"], vocab_size, SYNTH_MEAN, SYNTH_STD)
+        atomic_write_text(work / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    barrier(env)
+    return json.loads((work / CONFIG_FILE).read_text())
+
+
+def build_student(recipe: dict[str, Any], config: dict[str, Any], objective, env: DistEnv,
+                  tokenizer) -> StudentModule:
+    """Return the seeded student (open_clip model + the objective's heads) on env.device, teachers attached."""
+    torch.manual_seed(recipe["seed"])
+    clip = create_model(config)
+    student = StudentModule(clip, objective.extras(clip)).to(env.device).train()
+    if not objective.uses_text:
+        for name, param in clip.named_parameters():
+            if not name.startswith("visual."):
+                param.requires_grad_(False)
+    objective.attach(student, tokenizer)
+    return student
+
+
+class Evaluator:
+    """Zero-shot evaluation of the live student on a suite, through the same task code as `silc-eval run`."""
+
+    def __init__(self, suite: str, tokenizer, image_size: int, device: str):
+        import open_clip
+
+        from silc_eval.data.build import build_dataset, dataset_root
+        from silc_eval.registry import resolve_suite
+
+        self.benchmarks = resolve_suite(suite)
+        self.tokenizer = tokenizer
+        self.preprocess = open_clip.image_transform(image_size, is_train=False, mean=SYNTH_MEAN, std=SYNTH_STD)
+        self.datasets = [build_dataset(b.dataset, dataset_root(b.dataset, None, None), self.preprocess)
+                         for b in self.benchmarks]
+        self.device = device
+
+    def __call__(self, clip: torch.nn.Module) -> dict[str, float]:
+        """Return {benchmark: main metric} for the model as it is now (left in train mode afterwards)."""
+        from silc_eval.models.open_clip_model import OpenClipModel
+        from silc_eval.tasks import TASKS
+
+        was_training = clip.training
+        model = OpenClipModel(clip, self.tokenizer, self.preprocess, "training", "-", "-", "training")
+        scores = {}
+        for benchmark, dataset in zip(self.benchmarks, self.datasets):
+            metrics = TASKS[benchmark.task].evaluate(model, dataset, benchmark.protocol(), progress=False)
+            scores[benchmark.name] = round(float(metrics[benchmark.main_metric]), 6)
+        clip.train(was_training)
+        return scores
+
+
+def measure_step_flops(fn) -> tuple[Any, int]:
+    """Run fn() under torch's FLOP counter; returns (fn's result, FLOPs counted, forward and backward)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        result = fn()
+    return result, int(counter.get_total_flops())
+
+
 def train(recipe: dict[str, Any], output: Path, device: str = "cpu", evaluate: bool = True,
-          progress: bool = True) -> dict[str, Any]:
-    """Train a recipe and write output/ (open_clip local-dir + card.yaml) atomically; returns the card."""
+          progress: bool = True, restart: bool = False, keep_state: bool = False,
+          stop_after_steps: int | None = None, amp: bool = False) -> dict[str, Any] | None:
+    """Train a recipe into output/ (open_clip local-dir + card.yaml); returns the card (None if stopped early).
+
+    stop_after_steps saves the state and returns after that many steps, as an interruption would.
+    """
     enforce_offline()
     import open_clip
 
-    from silc_eval.data.synthscenes import vocabulary
+    env = init_distributed(device)
+    try:
+        return _train(recipe, Path(output), env, evaluate, progress, restart, keep_state, stop_after_steps, amp,
+                      open_clip)
+    finally:
+        shutdown(env)
 
-    output = Path(output)
-    torch.manual_seed(recipe["seed"])
-    shards, data_info = resolve_training_data(recipe)
+
+def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep_state, stop_after_steps, amp,
+           open_clip):
     optim = recipe["optim"]
-    with atomic_directory(output) as staging:
-        vocab_size = save_word_tokenizer(vocabulary(), staging)
-        config = open_clip_config(recipe["model"], vocab_size, SYNTH_MEAN, SYNTH_STD)
-        model = create_model(config).to(device).train()
-        model.output_dict = True
-        save_local_dir(model, config, staging)
-        tokenizer = open_clip.get_tokenizer(f"local-dir:{staging}")
-        image_size = recipe["model"]["vision"]["image_size"]
-        transform = open_clip.image_transform(image_size, is_train=True, mean=SYNTH_MEAN, std=SYNTH_STD)
-        objective = build_objective(recipe["objective"])
-        optimizer = torch.optim.AdamW(param_groups(model, optim["weight_decay"]), lr=optim["lr"],
-                                      betas=tuple(optim["betas"]), eps=optim["eps"])
-        total_steps = count_steps(recipe, data_info.get("n_train"))
-        step, epoch, started, seen = 0, 0, time.perf_counter(), 0
-        window_loss, window_start = 0.0, time.perf_counter()
-        while step < total_steps:
-            for images, tokens in iterate_pairs(shards, transform, tokenizer, optim["batch_size"], recipe["seed"],
-                                                epoch, recipe["data"]["shuffle_buffer"]):
-                lr = cosine_lr(step, total_steps, optim["lr"], optim["warmup_steps"])
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                outputs = model(images.to(device), tokens.to(device))
-                losses = objective(outputs)
-                loss = losses["loss"]
-                if not torch.isfinite(loss):
-                    raise UserError(f"training diverged at step {step}: loss is {loss.item()}; lower optim.lr")
+    work = work_folder(output)
+    state_dir = work / "train_state"
+    if restart and env.is_main and work.exists():
+        shutil.rmtree(work)
+    barrier(env)
+    source, data_info = resolve_training_data(recipe)
+    config = prepare_work_folder(recipe, work, env)
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{work}")
+    image_size = recipe["model"]["vision"]["image_size"]
+    objective = build_objective(recipe["objective"], image_size, env.rank, env.world_size)
+    student = build_student(recipe, config, objective, env, tokenizer)
+    optimizer = torch.optim.AdamW(param_groups(student, optim["weight_decay"]), lr=optim["lr"],
+                                  betas=tuple(optim["betas"]), eps=optim["eps"])
+    use_amp = amp and env.device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    ddp = student
+    if env.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(student, device_ids=[env.local_rank] if env.device.startswith("cuda") else None)
+    total_steps = count_steps(recipe, data_info.get("n_train") or source.size)
+    from silc_eval.train.augment import MultiViewTransform
+
+    transform = MultiViewTransform(objective.views, SYNTH_MEAN, SYNTH_STD)
+    evaluator = Evaluator(recipe["eval_suite"], tokenizer, image_size, env.device) \
+        if env.is_main and optim["eval_every"] else None
+    fingerprint = recipe_hash(recipe)
+
+    run = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "images_seen": 0, "elapsed_s": 0.0, "flops_per_step": None,
+           "eval_history": [], "loss_history": [], "read": 0, "skipped": 0, "skipped_examples": []}
+    saved = load_state(state_dir)
+    if saved is not None:
+        if saved["recipe_hash"] != fingerprint:
+            raise UserError(f"{work} holds a run of a different recipe; rerun with --restart to discard it")
+        student.load_state_dict(saved["student"])
+        optimizer.load_state_dict(saved["optimizer"])
+        objective.load_state_dict(saved["objective"])
+        scaler.load_state_dict(saved["scaler"])
+        run.update(saved["run"])
+        if env.is_main:
+            log(f"resuming {recipe['name']} from step {run['step']} ({state_dir / 'last.pt'})")
+
+    def checkpoint() -> None:
+        if env.is_main:
+            save_state(state_dir, {"recipe_hash": fingerprint, "student": student.state_dict(),
+                                   "optimizer": optimizer.state_dict(), "objective": objective.state_dict(),
+                                   "scaler": scaler.state_dict(), "run": dict(run)})
+        barrier(env)
+
+    stats = ReadStats(run["read"], run["skipped"], list(run["skipped_examples"]))
+    window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
+    segment_start = time.perf_counter()
+    while run["step"] < total_steps:
+        produced = 0
+        batches = iterate_batches(source, transform, tokenizer, optim["batch_size"], recipe["seed"], run["epoch"],
+                                  env.rank, env.world_size, run["batch_in_epoch"], recipe["data"]["shuffle_buffer"],
+                                  stats)
+        for batch in batches:
+            produced += 1
+            step = run["step"]
+            lr = cosine_lr(step, total_steps, optim["lr"], optim["warmup_steps"])
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(recipe["seed"] * 1_000_003 + step)
+            batch.step = step
+            batch.views = [v.to(env.device, non_blocking=True) for v in batch.views]
+            batch.tokens = batch.tokens.to(env.device)
+
+            def one_step():
+                with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else nullcontext():
+                    outputs = ddp(objective.student_forward, batch)
+                    losses = objective.losses(outputs, batch, step)
+                finite = all_ranks_true(env, bool(torch.isfinite(losses["loss"]).item()))
+                if not finite:
+                    return losses, False
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if optim["grad_clip"]:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), optim["grad_clip"])
-                optimizer.step()
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0, math.log(100))
-                step += 1
-                seen += images.shape[0]
-                window_loss += loss.item()
-                if progress and (step % optim["log_every"] == 0 or step == total_steps):
-                    elapsed = time.perf_counter() - window_start
-                    n = optim["log_every"] if step % optim["log_every"] == 0 else step % optim["log_every"]
-                    log(f"step {step:>6d}/{total_steps} epoch {epoch} loss {window_loss / n:.4f} lr {lr:.2e} "
-                        f"{n * optim['batch_size'] / elapsed:.0f} img/s")
-                    window_loss, window_start = 0.0, time.perf_counter()
-                if step >= total_steps:
-                    break
-            epoch += 1
-        wall_time = time.perf_counter() - started
-        weights = save_local_dir(model.eval(), config, staging)
-        card = make_card(output.name, recipe, config, model, weights, data_info, step, seen, epoch, wall_time, device)
-        (staging / "card.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
-    if evaluate:
-        card = add_reference_scores(output, recipe.get("eval_suite", "quick"), device, progress)
+                scaler.scale(losses["loss"]).backward()
+                return losses, True
+
+            if run["flops_per_step"] is None:
+                (losses, finite), flops = measure_step_flops(one_step)
+                run["flops_per_step"] = flops * env.world_size
+            else:
+                losses, finite = one_step()
+            if not finite:
+                kept = f"last good checkpoint kept in {state_dir}" if (state_dir / "last.pt").exists() \
+                    else "no checkpoint was written yet"
+                raise UserError(f"training diverged at step {step}: loss is {losses['loss'].item()}; {kept}; "
+                                f"lower optim.lr or raise optim.warmup_steps")
+            if optim["grad_clip"]:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(student.parameters(), optim["grad_clip"])
+            scaler.step(optimizer)
+            scaler.update()
+            with torch.no_grad():
+                student.clip.logit_scale.clamp_(0, math.log(100))
+            objective.after_step(student)
+            run["step"] += 1
+            run["batch_in_epoch"] += 1
+            run["images_seen"] += optim["batch_size"]
+            window_loss += losses["loss"].item()
+            window_steps += 1
+            done = run["step"] >= total_steps
+            if env.is_main and (run["step"] % optim["log_every"] == 0 or done):
+                elapsed = time.perf_counter() - window_start
+                parts = " ".join(f"{k} {v.item():.4f}" for k, v in losses.items() if k != "loss")
+                mean_loss = window_loss / window_steps
+                run["loss_history"].append([run["step"], round(mean_loss, 6)])
+                if progress:
+                    log(f"step {run['step']:>6d}/{total_steps} epoch {run['epoch']} loss {mean_loss:.4f} {parts} "
+                        f"lr {lr:.2e} {window_steps * optim['batch_size'] / elapsed:.0f} img/s")
+                window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
+            if evaluator is not None and (run["step"] % optim["eval_every"] == 0 or done):
+                scores = evaluator(student.clip)
+                run["eval_history"].append({"step": run["step"], **scores})
+                if progress:
+                    log(f"eval at step {run['step']}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in scores.items()))
+            barrier(env)
+            run["elapsed_s"] += time.perf_counter() - segment_start
+            segment_start = time.perf_counter()
+            run.update(read=stats.read, skipped=stats.skipped, skipped_examples=list(stats.examples))
+            stopping = stop_after_steps is not None and run["step"] >= stop_after_steps and not done
+            if (optim["checkpoint_every"] and run["step"] % optim["checkpoint_every"] == 0) or stopping:
+                checkpoint()
+            if stopping:
+                return None
+            if done:
+                break
+        else:
+            if produced == 0 and run["batch_in_epoch"] == 0:
+                raise UserError(f"an epoch of the training data yields no full batch of {optim['batch_size']}; "
+                                f"lower optim.batch_size or add data")
+            run["epoch"] += 1
+            run["batch_in_epoch"] = 0
+    if stats.skipped and env.is_main:
+        log(f"skipped {stats.skipped} unreadable samples, e.g. {'; '.join(stats.examples[:2])}")
+    card = None
+    if env.is_main:
+        card = export(recipe, config, student, objective, work, output, data_info, run, env)
+        if not keep_state:
+            shutil.rmtree(work, ignore_errors=True)
+    barrier(env)
+    if env.is_main and evaluate:
+        card = add_reference_scores(output, recipe.get("eval_suite", "quick"), env.device, progress)
     return card
 
 
-def make_card(name: str, recipe, config, model, weights: Path, data_info, steps, seen, epochs, wall_time,
-              device) -> dict:
-    """Return the model card of a finished training run (reference scores are added after evaluation)."""
+def export(recipe, config, student, objective, work: Path, output: Path, data_info, run, env: DistEnv) -> dict:
+    """Write the final open_clip local-dir and card into output atomically; returns the card."""
+    with atomic_directory(output) as staging:
+        for name in TOKENIZER_FILES:
+            shutil.copy2(work / name, staging / name)
+        weights = save_local_dir(student.clip.eval(), config, staging)
+        card = make_card(output.name, recipe, config, student, objective, weights, data_info, run, env)
+        atomic_write_text(staging / "card.yaml", yaml.safe_dump(card, sort_keys=False))
+    return card
+
+
+def make_card(name: str, recipe, config, student, objective, weights: Path, data_info, run, env: DistEnv) -> dict:
+    """Return the model card of a finished run, with its compute accounting (reference scores come later)."""
     from silc_eval.data.fingerprint import file_sha256
 
+    views = objective.views
     return {
         "name": name,
-        "description": recipe.get("description", ""),
+        "description": " ".join(str(recipe.get("description", "")).split()),
         "format": "open_clip local-dir (open_clip_config.json + open_clip_model.safetensors + tokenizer)",
         "architecture": config["model_cfg"],
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": sum(p.numel() for p in student.clip.parameters()),
         "weights": {"file": WEIGHTS_FILE, "sha256": file_sha256(weights)},
         "training": {
             "recipe": recipe["name"], "objective": recipe["objective"], "seed": recipe["seed"],
-            "optim": recipe["optim"], "data": data_info, "steps": steps, "epochs_started": epochs,
-            "images_seen": seen, "views_per_image": 1, "wall_time_s": round(wall_time, 1),
-            "device": device, "machine": platform.processor() or platform.machine(),
-            "torch_threads": torch.get_num_threads(),
+            "optim": recipe["optim"], "data": data_info, "steps": run["step"], "epochs_started": run["epoch"] + 1,
+            "samples_skipped": run["skipped"], **objective.card_info(),
         },
+        "compute": {
+            "images_seen": run["images_seen"], "views_per_image": views.n_views,
+            "view_sizes": [views.global_size] * views.n_global + [views.local_size] * views.n_local,
+            "training_flops": int(run["flops_per_step"] or 0) * run["step"],
+            "flops_per_step": int(run["flops_per_step"] or 0),
+            "flops_counted_by": "torch.utils.flop_counter (forward + backward + teacher forwards, all ranks)",
+            "wall_time_s": round(run["elapsed_s"], 1), "device": env.device, "processes": env.world_size,
+            "machine": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+        },
+        "eval_history": run["eval_history"],
+        "loss_history": run["loss_history"],
         "provenance": {"git_commit": git_commit(), "packages": package_versions()},
     }
 
@@ -183,7 +397,5 @@ def add_reference_scores(folder: Path, suite: str, device: str, progress: bool) 
     card["reference_suite"] = suite
     card["reference_scores"] = {r["benchmark"]["name"]: {k: round(float(v), 6) for k, v in r["metrics"].items()}
                                 for r in records}
-    from silc_eval.io import atomic_write_text
-
     atomic_write_text(card_path, yaml.safe_dump(card, sort_keys=False))
     return card

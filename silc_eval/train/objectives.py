@@ -1,49 +1,276 @@
-"""Training objectives, selected by name in a recipe; each maps model outputs to a loss dict.
+"""Training objectives, selected by name in a recipe and built from its `objective:` section.
 
-An objective is called with the model's outputs for a batch and returns
-{"loss": total, <component>: value, ...}. New recipes (SILC, SF-CLIP) add entries here.
+An objective says which views of each image the data must produce, which extra trainable
+modules (heads) the student carries, how the student runs on a batch (inside the DDP
+forward, so gradients synchronise), how the losses are formed (outside it, where frozen
+or EMA teachers run), and what happens after each optimiser step (the EMA update).
+
+Registered: clip, siglip (open_clip's losses), views-only (extra views through the
+image-text loss, no distillation), silc (image-text loss on every global view plus
+local-to-global self-distillation from an EMA teacher), dino (self-distillation alone:
+the `vision-ssl` recipe), and sfclip (contrastive plus masked distillation from frozen
+unimodal teachers, in train/sfclip.py).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from silc_eval.errors import UserError
+from silc_eval.models.vit import forward_any_size
+from silc_eval.train.augment import ViewSpec
+from silc_eval.train.distill import ViewDistillationLoss
+from silc_eval.train.ema import EmaTeacher
+from silc_eval.train.heads import ProjectionHead
+
+CONTRASTIVE_LOSSES = ("clip", "siglip")
+DISTILL_DEFAULTS = {"out_dim": 65536, "hidden_dim": 2048, "bottleneck_dim": 256, "head_layers": 3,
+                    "teacher_temp": 0.07, "teacher_temp_start": 0.04, "teacher_temp_warmup_steps": 0,
+                    "student_temp": 0.1, "center_momentum": 0.9, "ema_momentum": 0.996, "weight": 1.0}
+SILC_VIEWS = {"n_global": 2, "global_scale": (0.4, 1.0), "n_local": 8, "local_scale": (0.05, 0.4)}
+
+
+class StudentModule(nn.Module):
+    """The trained modules: the open_clip model and the objective's extra heads.
+
+    forward(fn, batch) returns fn(self, batch): the objective's student pass runs inside
+    this module's forward, so DistributedDataParallel sees it and synchronises gradients.
+    """
+
+    def __init__(self, clip: nn.Module, extras: dict[str, nn.Module]):
+        super().__init__()
+        self.clip = clip
+        self.extras = nn.ModuleDict(extras)
+
+    def forward(self, fn: Callable, batch) -> dict[str, Any]:
+        return fn(self, batch)
+
+
+def contrastive_loss_fn(kind: str, rank: int, world_size: int) -> nn.Module:
+    """Return open_clip's ClipLoss or SigLipLoss, set up to gather features across ranks with gradients."""
+    import open_clip
+
+    if kind == "clip":
+        return open_clip.ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True, rank=rank,
+                                  world_size=world_size)
+    if kind == "siglip":
+        return open_clip.SigLipLoss(rank=rank, world_size=world_size)
+    raise UserError(f"unknown contrastive loss '{kind}'; expected one of {', '.join(CONTRASTIVE_LOSSES)}")
 
 
 class ContrastiveObjective:
-    """open_clip's image-text contrastive losses: 'clip' (softmax InfoNCE) or 'siglip' (sigmoid)."""
+    """Image-text loss (clip or siglip) averaged over the chosen views; no teacher.
 
-    def __init__(self, kind: str = "clip", rank: int = 0, world_size: int = 1):
-        import open_clip
+    contrastive_views: 'global' (the global crops) or 'all' (every view, local crops included).
+    """
 
-        self.kind = kind
-        if kind == "clip":
-            self.loss = open_clip.ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True,
-                                           rank=rank, world_size=world_size)
-        elif kind == "siglip":
-            self.loss = open_clip.SigLipLoss(rank=rank, world_size=world_size)
-        else:
-            raise ValueError(f"unknown contrastive loss {kind}")
+    name = "contrastive"
+    uses_text = True
 
-    def __call__(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        args = [outputs["image_features"], outputs["text_features"], outputs["logit_scale"]]
-        if self.kind == "siglip":
-            args.append(outputs["logit_bias"])
-        contrastive = self.loss(*args)
+    def __init__(self, contrastive: str = "clip", views: ViewSpec = ViewSpec(), contrastive_views: str = "global",
+                 rank: int = 0, world_size: int = 1):
+        if contrastive_views not in ("global", "all"):
+            raise UserError(f"contrastive_views must be global or all, not {contrastive_views}")
+        self.contrastive, self.views, self.contrastive_views = contrastive, views, contrastive_views
+        self.loss = contrastive_loss_fn(contrastive, rank, world_size)
+
+    def extras(self, clip: nn.Module) -> dict[str, nn.Module]:
+        """Return the extra trainable modules this objective adds to the student (none)."""
+        return {}
+
+    def attach(self, student: StudentModule, tokenizer=None) -> None:
+        """Build teachers from the initial student (none here)."""
+
+    def contrastive_view_count(self) -> int:
+        """Return how many leading views enter the image-text loss."""
+        return self.views.n_global if self.contrastive_views == "global" else self.views.n_views
+
+    def student_forward(self, student: StudentModule, batch) -> dict[str, Any]:
+        """Return image embeddings of every view, pre-normalisation, and normalised text features."""
+        clip = student.clip
+        pooled = [forward_any_size(clip.visual, view)[0] for view in batch.views]
+        text = F.normalize(clip.encode_text(batch.tokens), dim=-1)
+        return {"image_embeddings": pooled, "text_features": text, "logit_scale": clip.logit_scale.exp(),
+                "logit_bias": getattr(clip, "logit_bias", None)}
+
+    def contrastive_term(self, outputs: dict[str, Any]) -> torch.Tensor:
+        """Return the image-text loss averaged over the contrastive views."""
+        terms = []
+        for embedding in outputs["image_embeddings"][:self.contrastive_view_count()]:
+            args = [F.normalize(embedding, dim=-1), outputs["text_features"], outputs["logit_scale"]]
+            if self.contrastive == "siglip":
+                args.append(outputs["logit_bias"])
+            terms.append(self.loss(*args))
+        return torch.stack(terms).mean()
+
+    def losses(self, outputs: dict[str, Any], batch, step: int) -> dict[str, torch.Tensor]:
+        """Return {'loss': total, 'contrastive': ...}."""
+        contrastive = self.contrastive_term(outputs)
         return {"loss": contrastive, "contrastive": contrastive.detach()}
 
+    def after_step(self, student: StudentModule) -> None:
+        """Update teachers after the optimiser step (none here)."""
 
-OBJECTIVES: dict[str, Callable[..., ContrastiveObjective]] = {
-    "clip": lambda **kw: ContrastiveObjective("clip", **kw),
-    "siglip": lambda **kw: ContrastiveObjective("siglip", **kw),
-}
+    def state_dict(self) -> dict[str, Any]:
+        """Return the objective's own state for checkpoints (teachers, centres)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict returned."""
+
+    def card_info(self) -> dict[str, Any]:
+        """Return what the model card should record about this objective beyond the recipe (teachers)."""
+        return {}
 
 
-def build_objective(name: str, **kwargs):
-    """Return the objective registered as name; kwargs go to its constructor (rank, world_size)."""
-    if name not in OBJECTIVES:
-        from silc_eval.errors import UserError
+class SelfDistillationMixin:
+    """An EMA teacher of (image tower, projection head) and the view-distillation loss."""
 
-        raise UserError(f"unknown objective '{name}'; expected one of {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name](**kwargs)
+    def _init_distill(self, distill: dict[str, Any]):
+        unknown = set(distill) - set(DISTILL_DEFAULTS)
+        if unknown:
+            raise UserError(f"unknown distill parameter '{sorted(unknown)[0]}'; allowed: "
+                            f"{', '.join(DISTILL_DEFAULTS)}")
+        self.distill = {**DISTILL_DEFAULTS, **distill}
+        d = self.distill
+        self.distill_loss = ViewDistillationLoss(d["out_dim"], d["teacher_temp"], d["teacher_temp_start"],
+                                                 d["teacher_temp_warmup_steps"], d["student_temp"],
+                                                 d["center_momentum"])
+        self.teacher: EmaTeacher | None = None
+
+    def _head(self, clip: nn.Module) -> ProjectionHead:
+        d = self.distill
+        return ProjectionHead(clip.visual.output_dim, d["out_dim"], d["hidden_dim"], d["bottleneck_dim"],
+                              d["head_layers"])
+
+    def _tracked(self, student: StudentModule) -> dict[str, nn.Module]:
+        return {"visual": student.clip.visual, "head": student.extras["distill_head"]}
+
+    def attach(self, student: StudentModule, tokenizer=None) -> None:
+        """Create the EMA teacher as a copy of the student's image tower and head."""
+        self.teacher = EmaTeacher(self._tracked(student), self.distill["ema_momentum"])
+        self.distill_loss.to(next(student.parameters()).device)
+
+    def after_step(self, student: StudentModule) -> None:
+        """Move the teacher towards the student (fixed momentum)."""
+        self.teacher.update(self._tracked(student))
+
+    def distill_term(self, outputs: dict[str, Any], batch, step: int) -> torch.Tensor:
+        """Return the local-to-global distillation loss, and update the centre."""
+        n_global = self.views.n_global
+        with torch.no_grad():
+            teacher_visual, teacher_head = self.teacher.copies["visual"], self.teacher.copies["head"]
+            teacher = [teacher_head(forward_any_size(teacher_visual, view)[0]) for view in batch.views[:n_global]]
+        loss = self.distill_loss(outputs["distill_scores"], teacher, step)
+        self.distill_loss.update_center(teacher)
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """Return the teacher weights and the centre."""
+        return {"teacher": self.teacher.state_dict(), "center": self.distill_loss.center.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the teacher weights and the centre."""
+        self.teacher.load_state_dict(state["teacher"])
+        self.distill_loss.center.copy_(state["center"])
+
+
+class SilcObjective(SelfDistillationMixin, ContrastiveObjective):
+    """SILC: image-text loss on every global view + local-to-global self-distillation (PROTOCOLS.md 7)."""
+
+    name = "silc"
+
+    def __init__(self, contrastive: str = "clip", views: ViewSpec = ViewSpec(**SILC_VIEWS),
+                 distill: dict[str, Any] | None = None, rank: int = 0, world_size: int = 1):
+        super().__init__(contrastive, views, "global", rank, world_size)
+        self._init_distill(distill or {})
+
+    def extras(self, clip: nn.Module) -> dict[str, nn.Module]:
+        """Return the student's projection head."""
+        return {"distill_head": self._head(clip)}
+
+    def student_forward(self, student: StudentModule, batch) -> dict[str, Any]:
+        """Return the contrastive outputs plus the head's scores for every view."""
+        outputs = super().student_forward(student, batch)
+        head = student.extras["distill_head"]
+        outputs["distill_scores"] = [head(e) for e in outputs["image_embeddings"]]
+        return outputs
+
+    def losses(self, outputs: dict[str, Any], batch, step: int) -> dict[str, torch.Tensor]:
+        """Return {'loss': contrastive + weight * distill, 'contrastive', 'distill'}."""
+        contrastive = self.contrastive_term(outputs)
+        distill = self.distill_term(outputs, batch, step)
+        total = contrastive + self.distill["weight"] * distill
+        return {"loss": total, "contrastive": contrastive.detach(), "distill": distill.detach()}
+
+
+class DinoObjective(SelfDistillationMixin, ContrastiveObjective):
+    """Self-distillation between views alone, no text: trains a unimodal vision teacher (`vision-ssl`)."""
+
+    name = "dino"
+    uses_text = False
+
+    def __init__(self, views: ViewSpec = ViewSpec(**SILC_VIEWS), distill: dict[str, Any] | None = None,
+                 rank: int = 0, world_size: int = 1):
+        super().__init__("clip", views, "global", rank, world_size)
+        self._init_distill(distill or {})
+
+    def extras(self, clip: nn.Module) -> dict[str, nn.Module]:
+        """Return the student's projection head."""
+        return {"distill_head": self._head(clip)}
+
+    def student_forward(self, student: StudentModule, batch) -> dict[str, Any]:
+        """Return the head's scores for every view (the text tower is not run)."""
+        head = student.extras["distill_head"]
+        return {"distill_scores": [head(forward_any_size(student.clip.visual, v)[0]) for v in batch.views]}
+
+    def losses(self, outputs: dict[str, Any], batch, step: int) -> dict[str, torch.Tensor]:
+        """Return {'loss': distill, 'distill'}."""
+        distill = self.distill_term(outputs, batch, step)
+        return {"loss": distill, "distill": distill.detach()}
+
+
+def view_spec(section: dict[str, Any] | None, image_size: int, default: dict[str, Any]) -> ViewSpec:
+    """Return the ViewSpec of an objective's `views:` section over a default, at the model's image size."""
+    values = {**default, **(section or {})}
+    unknown = set(values) - set(ViewSpec.__dataclass_fields__)
+    if unknown:
+        raise UserError(f"unknown views parameter '{sorted(unknown)[0]}'; allowed: "
+                        f"{', '.join(ViewSpec.__dataclass_fields__)}")
+    values.setdefault("global_size", image_size)
+    values.setdefault("local_size", max(8, image_size // 2))
+    for key in ("global_scale", "local_scale", "ratio"):
+        if key in values:
+            values[key] = tuple(values[key])
+    return ViewSpec(**values)
+
+
+def build_objective(section: dict[str, Any] | str, image_size: int, rank: int = 0, world_size: int = 1):
+    """Return the objective a recipe's `objective:` section (or bare name) describes."""
+    section = {"name": section} if isinstance(section, str) else dict(section)
+    name = section.pop("name", None)
+    views = section.pop("views", None)
+    common = {"rank": rank, "world_size": world_size}
+    try:
+        if name in CONTRASTIVE_LOSSES:
+            return ContrastiveObjective(name, view_spec(views, image_size, {}), **section, **common)
+        if name == "views-only":
+            section.setdefault("contrastive_views", "all")
+            return ContrastiveObjective(section.pop("contrastive", "clip"), view_spec(views, image_size, SILC_VIEWS),
+                                        **section, **common)
+        if name == "silc":
+            return SilcObjective(section.pop("contrastive", "clip"), view_spec(views, image_size, SILC_VIEWS),
+                                 **section, **common)
+        if name == "dino":
+            return DinoObjective(view_spec(views, image_size, SILC_VIEWS), **section, **common)
+        if name == "sfclip":
+            from silc_eval.train.sfclip import SfClipObjective
+
+            return SfClipObjective(view_spec(views, image_size, {}), **section, **common)
+    except TypeError as exc:
+        raise UserError(f"objective {name}: {exc}") from None
+    raise UserError(f"unknown objective '{name}'; expected one of clip, siglip, views-only, silc, dino, sfclip")

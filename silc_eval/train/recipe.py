@@ -13,8 +13,10 @@ from silc_eval.paths import zoo_dir
 RECIPE_KEYS = {"name", "description", "objective", "seed", "model", "data", "optim", "eval_suite"}
 REQUIRED_KEYS = {"name", "objective", "model", "data", "optim"}
 OPTIM_DEFAULTS = {"batch_size": 128, "epochs": 1, "steps": None, "lr": 1e-3, "weight_decay": 0.1,
-                  "warmup_steps": 100, "grad_clip": 1.0, "betas": [0.9, 0.98], "eps": 1e-6, "log_every": 20}
-DATA_DEFAULTS = {"source": "synthscenes", "n_train": 30000, "shards": None, "shuffle_buffer": 2000}
+                  "warmup_steps": 100, "grad_clip": 1.0, "betas": [0.9, 0.98], "eps": 1e-6, "log_every": 20,
+                  "eval_every": 0, "checkpoint_every": 100}
+DATA_DEFAULTS = {"source": "synthscenes", "n_train": 30000, "shards": None, "csv": None,
+                 "csv_image_column": "filepath", "csv_caption_column": "caption", "shuffle_buffer": 2000}
 
 
 def recipes_dir() -> Path:

@@ -11,12 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
+PAD, UNK, BOS, MASK, EOS = "[PAD]", "[UNK]", "[BOS]", "[MASK]", "[EOS]"
+SPECIALS = (PAD, UNK, BOS, MASK, EOS)
 
 
 def build_vocab(words: Sequence[str]) -> dict[str, int]:
-    """Return {token: id}: PAD=0, UNK=1, BOS=2, the sorted words, and EOS last (the highest id)."""
-    ordered = [PAD, UNK, BOS] + sorted(set(words) - {PAD, UNK, BOS, EOS}) + [EOS]
+    """Return {token: id}: PAD=0, UNK=1, BOS=2, MASK=3 (masked distillation), the sorted words, EOS last (highest id)."""
+    ordered = [PAD, UNK, BOS, MASK] + sorted(set(words) - set(SPECIALS)) + [EOS]
     return {token: index for index, token in enumerate(ordered)}
 
 
@@ -32,6 +33,6 @@ def save_word_tokenizer(words: Sequence[str], folder: Path) -> int:
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token=UNK, pad_token=PAD, bos_token=BOS,
-                                   eos_token=EOS)
+                                   eos_token=EOS, mask_token=MASK)
     fast.save_pretrained(str(folder))
     return len(vocab)
