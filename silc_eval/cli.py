@@ -91,9 +91,12 @@ def cmd_list(args) -> int:
         from silc_eval.models.zoo import list_zoo
 
         for entry in list_zoo():
-            training = entry.card.get("training", {})
-            print(f"{entry.name:<28s} recipe={training.get('recipe', '?'):<10s} "
-                  f"images_seen={training.get('images_seen', '?')}  sha256={entry.card.get('weights', {}).get('sha256', '?')[:12]}")
+            training, compute = entry.card.get("training", {}), entry.card.get("compute", {})
+            flops = compute.get("training_flops")
+            print(f"{entry.name:<28s} recipe={training.get('recipe', '?'):<11s} "
+                  f"images_seen={compute.get('images_seen', '?'):<8} "
+                  f"flops={flops if flops is None else format(flops, '.3g'):<9} "
+                  f"sha256={entry.card.get('weights', {}).get('sha256', '?')[:12]}")
     else:
         from silc_eval.train.recipe import available_recipes
 

@@ -217,7 +217,7 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
 
     transform = MultiViewTransform(objective.views, SYNTH_MEAN, SYNTH_STD)
     evaluator = Evaluator(recipe["eval_suite"], tokenizer, image_size, env.device) \
-        if env.is_main and optim["eval_every"] else None
+        if env.is_main and optim["eval_every"] and recipe["eval_suite"] else None
     fingerprint = recipe_hash(recipe)
 
     run = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "images_seen": 0, "elapsed_s": 0.0, "flops_per_step": None,
@@ -334,7 +334,7 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
         if not keep_state:
             shutil.rmtree(work, ignore_errors=True)
     barrier(env)
-    if env.is_main and evaluate:
+    if env.is_main and evaluate and recipe["eval_suite"]:
         card = add_reference_scores(output, recipe.get("eval_suite", "quick"), env.device, progress)
     return card
 

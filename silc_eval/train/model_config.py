@@ -19,7 +19,7 @@ def open_clip_config(model: dict[str, Any], vocab_size: int | None, mean, std) -
         text_cfg.update(vocab_size=vocab_size, hf_tokenizer_name="local-dir")
     return {
         "model_cfg": {"embed_dim": model["embed_dim"], "vision_cfg": dict(model["vision"]), "text_cfg": text_cfg,
-                      **({"init_logit_bias": model["init_logit_bias"]} if "init_logit_bias" in model else {})},
+                      **{k: model[k] for k in ("init_logit_scale", "init_logit_bias") if k in model}},
         "preprocess_cfg": {"mean": list(mean), "std": list(std), "interpolation": "bicubic", "resize_mode": "shortest"},
     }
 

@@ -87,12 +87,19 @@ def csv_source(path: Path, image_column: str = "filepath", caption_column: str =
                       size=len(pd.read_csv(path, usecols=[image_column])))
 
 
+def _every_shard(shards):
+    """Node splitter that keeps every shard on every rank."""
+    yield from shards
+
+
 def _raw_webdataset(source: PairSource, seed: int, epoch: int, shuffle_buffer: int) -> Iterator[tuple[str, object, object]]:
     import webdataset as wds
 
     order = list(source.shards)
     random.Random(f"{seed}:{epoch}:shards").shuffle(order)
-    stream = wds.WebDataset(order, shardshuffle=False, empty_check=False, handler=wds.warn_and_continue)
+    # Every rank deliberately reads the whole stream (see the module docstring): no node splitting.
+    stream = wds.WebDataset(order, shardshuffle=False, empty_check=False, handler=wds.warn_and_continue,
+                            nodesplitter=_every_shard)
     if shuffle_buffer > 1:
         stream = stream.shuffle(shuffle_buffer, seed=seed * 100_003 + epoch)
     for sample in stream:
