@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--n-train", type=int, default=None, help="number of training pairs")
     synth.add_argument("--parts", default=None, help="comma-separated parts (default: all)")
+    synth.add_argument("--workers", type=int, default=None, help="rendering processes (default: the usable CPUs)")
 
     train = sub.add_parser("train", help="train a recipe into an open_clip local-dir checkpoint with a card")
     train.add_argument("--recipe", required=True, help="recipe name (model_zoo/recipes) or YAML path")
@@ -105,14 +106,14 @@ def cmd_list(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from silc_eval.data.synthscenes import PARTS, SynthScenesConfig, write_synthscenes
+    from silc_eval.data.synthscenes import PARTS, SynthScenesConfig, default_workers, write_synthscenes
 
     parts = tuple(args.parts.split(",")) if args.parts else PARTS
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise UserError(f"unknown SynthScenes part '{unknown[0]}'; expected some of {', '.join(PARTS)}")
     config = SynthScenesConfig(seed=args.seed, **({"n_train": args.n_train} if args.n_train else {}))
-    out = write_synthscenes(args.out, config=config, parts=parts)
+    out = write_synthscenes(args.out, config=config, parts=parts, workers=args.workers or default_workers())
     print(f"wrote SynthScenes ({', '.join(parts)}) to {out / 'synthscenes'}")
     return 0
 

@@ -42,7 +42,8 @@ from tqdm import tqdm
 from silc_eval.data.fingerprint import fingerprint_files, fingerprint_tree
 from silc_eval.data.synthscenes_render import (
     CLASSIFICATION_TEMPLATES, COLOURS, IGNORE_INDEX, OBJECT_CLASSES, POSITION_WORDS, SEEN_CLASSES,
-    SEGMENTATION_CLASSES, SIZE_WORDS, STUFF_CLASSES, UNSEEN_CLASSES, VERSION, Scene, SceneObject,
+    SEGMENTATION_CLASSES, SIZE_WORDS, STUFF_CLASSES, TYPICAL_COLOUR_SHARE, TYPICAL_COLOURS, UNSEEN_CLASSES,
+    VERSION, Scene, SceneObject,
     caption_tokens, main_class_of, make_captions, render_scene, vocabulary,
 )
 from silc_eval.errors import UserError
@@ -400,6 +401,7 @@ def world_description(config: SynthScenesConfig) -> dict:
     """Return the content of world.json: version, seed, classes, colours, split, templates."""
     return {"version": VERSION, "seed": config.seed, "object_classes": list(OBJECT_CLASSES),
             "stuff_classes": list(STUFF_CLASSES), "colours": {k: list(v) for k, v in COLOURS.items()},
+            "typical_colours": dict(TYPICAL_COLOURS), "typical_colour_share": TYPICAL_COLOUR_SHARE,
             "unseen_classes": list(UNSEEN_CLASSES), "seen_classes": list(SEEN_CLASSES),
             "segmentation_classes": list(SEGMENTATION_CLASSES), "ignore_index": IGNORE_INDEX,
             "sizes": list(SIZE_WORDS), "positions": list(POSITION_WORDS),
@@ -428,16 +430,15 @@ def _check_parts(parts: Sequence[str]) -> tuple[str, ...]:
 
 def ensure_synthscenes(root: Path | None = None, parts: Sequence[str] = EVAL_PARTS,
                        config: SynthScenesConfig = SynthScenesConfig(), progress: bool = True,
-                       workers: int | None = None) -> Path:
+                       workers: int = 1) -> Path:
     """Generate whichever of ``parts`` are missing under root/synthscenes/ and return root,
     the folder that contains synthscenes/ (default_cache_root(config) when root is None).
 
     Parts already present are left alone; one generated with a different config is a UserError.
-    Large parts are rendered by ``workers`` processes (default_workers() when None; the
-    files do not depend on it). They are started with "spawn", so a script that calls this
-    with workers > 1 needs the usual ``if __name__ == "__main__":`` guard.
+    Large parts can be rendered by ``workers`` processes (the files do not depend on it).
+    They are started with "spawn", so a script that asks for workers > 1 needs the usual
+    ``if __name__ == "__main__":`` guard; the default of 1 works from anywhere.
     """
-    workers = default_workers() if workers is None else workers
     parts = _check_parts(parts)
     root = Path(root) if root is not None else default_cache_root(config)
     dataset = root / DATASET_DIR
@@ -453,6 +454,6 @@ def ensure_synthscenes(root: Path | None = None, parts: Sequence[str] = EVAL_PAR
 
 def write_synthscenes(out: Path, config: SynthScenesConfig = SynthScenesConfig(),
                       parts: Sequence[str] = PARTS, progress: bool = True,
-                      workers: int | None = None) -> Path:
+                      workers: int = 1) -> Path:
     """Generate SynthScenes (all parts by default) under out/synthscenes/ and return out."""
     return ensure_synthscenes(Path(out), parts=parts, config=config, progress=progress, workers=workers)

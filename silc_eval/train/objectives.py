@@ -52,13 +52,12 @@ class StudentModule(nn.Module):
 
 def contrastive_loss_fn(kind: str, rank: int, world_size: int) -> nn.Module:
     """Return open_clip's ClipLoss or SigLipLoss, set up to gather features across ranks with gradients."""
-    import open_clip
+    from open_clip.loss import ClipLoss, SigLipLoss
 
     if kind == "clip":
-        return open_clip.ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True, rank=rank,
-                                  world_size=world_size)
+        return ClipLoss(local_loss=False, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world_size)
     if kind == "siglip":
-        return open_clip.SigLipLoss(rank=rank, world_size=world_size)
+        return SigLipLoss(rank=rank, world_size=world_size)
     raise UserError(f"unknown contrastive loss '{kind}'; expected one of {', '.join(CONTRASTIVE_LOSSES)}")
 
 
