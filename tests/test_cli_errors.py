@@ -17,8 +17,9 @@ def run_cli(capsys, *argv):
 
 
 def assert_one_line_error(code, err, *fragments):
+    """Exit code 2 and exactly one non-progress line on stderr (tqdm bars of data generation may precede it)."""
     assert code == 2
-    lines = err.strip().splitlines()
+    lines = [line for line in err.replace("\r", "\n").strip().splitlines() if line.strip() and "%|" not in line]
     assert len(lines) == 1, err
     assert lines[0].startswith("silc-eval: error: ")
     assert "Traceback" not in err
@@ -92,3 +93,16 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
+
+
+def test_data_synthscenes_writes_where_asked_and_is_read_back(capsys, tmp_path):
+    code = main(["data", "synthscenes", "--out", str(tmp_path / "world"), "--parts", "retrieval", "--workers", "1"])
+    assert code == 0
+    root = tmp_path / "world" / "synthscenes"
+    assert (root / "retrieval" / "manifest.json").is_file() and (root / "world.json").is_file()
+    from silc_eval.data.readers import KarpathyRetrieval
+
+    dataset = KarpathyRetrieval(root / "retrieval" / "dataset_synthscenes.json", root / "retrieval")
+    assert len(dataset) == 1000 and all(len(c) == 5 for c in dataset.captions)
+    assert_one_line_error(*run_cli(capsys, "data", "synthscenes", "--out", str(tmp_path / "w2"), "--parts", "nope")[::2],
+                          "unknown SynthScenes part 'nope'")

@@ -190,19 +190,15 @@ def _open_clip_teacher(model: torch.nn.Module, spec: str, weights: Path, device,
 
 def _load_open_clip(model_name: str, pretrained: str | None, spec: str, what: str) -> torch.nn.Module:
     """Return open_clip.create_model(model_name, pretrained) or raise a one-line UserError."""
-    import logging
-
     import open_clip
 
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # open_clip warns about benign cases; restored below (the trainer logs too)
+    from silc_eval.quiet import quiet_root_logger
+
     try:
-        return open_clip.create_model(model_name, pretrained=pretrained, device="cpu")
+        with quiet_root_logger():
+            return open_clip.create_model(model_name, pretrained=pretrained, device="cpu")
     except Exception as exc:  # open_clip raises RuntimeError/ValueError/SafetensorError/... on bad files
         raise UserError(f"vision teacher {spec}: {what} could not be loaded: {_first_line(exc)}") from None
-    finally:
-        root.setLevel(level)
 
 
 def _local_dir_teacher(spec: str, device, student_mean, student_std) -> VisionTeacher:
