@@ -75,7 +75,8 @@ def test_student_matching_a_soft_teacher_gives_the_teacher_entropy_not_zero():
 # ----------------------------------------------------------------------------- (ii) analytic values
 
 def test_two_class_single_pair_matches_the_hand_computed_cross_entropy():
-    # p = softmax([1, 0] / 0.5) = (e^2, 1) / (e^2 + 1); log q = log_softmax([0.3, -0.2] / 0.1) = [3, -2] - log(e^3 + e^-2).
+    # p = softmax([1, 0] / 0.5) = (e^2, 1) / (e^2 + 1)
+    # log q = log_softmax([0.3, -0.2] / 0.1) = [3, -2] - log(e^3 + e^-2)
     loss_fn = make_loss(2, teacher_temp=0.5, student_temp=0.1)
     teacher = torch.tensor([[1.0, 0.0]])
     student_other = torch.tensor([[0.3, -0.2]])

@@ -157,3 +157,8 @@ def test_unknown_objective_and_parameters_are_user_errors():
         build_objective({"name": "silc", "distill": {"K": 3}}, 32)
     with pytest.raises(UserError, match="unknown views parameter"):
         build_objective({"name": "silc", "views": {"n_crops": 3}}, 32)
+
+
+def test_self_distillation_needs_two_views():
+    with pytest.raises(UserError, match="needs at least one global view and two views"):
+        build_objective({"name": "silc", "views": {"n_global": 1, "n_local": 0}}, 32)

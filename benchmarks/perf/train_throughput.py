@@ -165,7 +165,6 @@ class LoopStep:
         self.student = build_student(self.recipe, config, self.objective, env, tokenizer)
         self.optimizer = torch.optim.AdamW(param_groups(self.student, optim["weight_decay"]), lr=optim["lr"],
                                            betas=tuple(optim["betas"]), eps=optim["eps"])
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
         self.ddp = self.student  # one process: the loop calls the StudentModule itself
         self.total_steps = count_steps(self.recipe, self.recipe["data"]["n_train"])
         views = [v.to(env.device) for v in make_views(self.objective.views, source)]
@@ -181,8 +180,7 @@ class LoopStep:
     def __call__(self, count_flops: bool = False) -> None:
         from silc_eval.train.loop import cosine_lr, measure_step_flops
 
-        objective, optimizer, scaler, student, batch = (self.objective, self.optimizer, self.scaler, self.student,
-                                                        self.batch)
+        objective, optimizer, student, batch = self.objective, self.optimizer, self.student, self.batch
         optim, step = self.optim, self.step
         lr = cosine_lr(step, self.total_steps, optim["lr"], optim["warmup_steps"])
         for group in optimizer.param_groups:
@@ -198,7 +196,7 @@ class LoopStep:
             if not finite:
                 return losses, False
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["loss"]).backward()
+            losses["loss"].backward()
             return losses, True
 
         if count_flops:
@@ -208,10 +206,8 @@ class LoopStep:
         if not finite:
             raise SystemExit(f"{self.recipe['name']}: loss is not finite at benchmark step {step}")
         if optim["grad_clip"]:
-            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(student.parameters(), optim["grad_clip"])
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer.step()
         with torch.no_grad():
             student.clip.logit_scale.clamp_(0, math.log(100))
         objective.after_step(student)
@@ -272,7 +268,7 @@ class PlainOpenClipStep:
 # ----------------------------------------------------------------------------- sfclip's teachers
 
 def sfclip_section(recipe: dict, vision_teacher: str | None, scratch: Path) -> dict:
-    """Return sfclip's objective section with a usable vision teacher (--vision-teacher, the recipe's, or a fresh one)."""
+    """Return sfclip's objective section with a usable vision teacher (--vision-teacher, the recipe's, or fresh)."""
     from silc_eval.train.sfclip import resolve_teacher_path
 
     section = dict(recipe["objective"]) if isinstance(recipe["objective"], dict) else {"name": recipe["objective"]}
@@ -371,8 +367,9 @@ def measure(args, scratch: Path) -> int:
     images = ours.batch.views[0]
     plain = PlainOpenClipStep(base, config, images, ours.batch.tokens, args.device, use_amp)
     n_params = sum(p.numel() for p in plain.model.parameters())
-    print(f"recipe     {base['name']} (objective {base['objective'] if isinstance(base['objective'], str) else base['objective']['name']}); "
-          f"model {n_params / 1e6:.2f} M params, image {image_size} px, context {base['model']['text']['context_length']}")
+    objective_name = base["objective"] if isinstance(base["objective"], str) else base["objective"]["name"]
+    print(f"recipe     {base['name']} (objective {objective_name}); model {n_params / 1e6:.2f} M params, "
+          f"image {image_size} px, context {base['model']['text']['context_length']}")
     print(f"batch      {batch_size} samples, {source.origin}; pre-built and kept on {device} "
           f"(data loading and host-to-device copies are not timed)")
     print(f"machine    {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
@@ -394,7 +391,8 @@ def measure(args, scratch: Path) -> int:
     print(f"\ntraining throughput, median of {args.repeats} windows:")
     label = f"(a) silc-eval loop step ({base['name']})"
     print(f"  {label:<42s} {fmt_rate(rates['ours'])}   {fmt_flops(ours.flops)}/step")
-    print(f"  {'(b) plain open_clip + ClipLoss + AdamW':<42s} {fmt_rate(rates['plain'])}   {fmt_flops(plain.flops)}/step")
+    label = "(b) plain open_clip + ClipLoss + AdamW"
+    print(f"  {label:<42s} {fmt_rate(rates['plain'])}   {fmt_flops(plain.flops)}/step")
     print(f"  (a) / (b) = {ratio:.3f}   (goal >= 0.95)")
     del ours, plain
 

@@ -206,7 +206,6 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
     optimizer = torch.optim.AdamW(param_groups(student, optim["weight_decay"]), lr=optim["lr"],
                                   betas=tuple(optim["betas"]), eps=optim["eps"])
     use_amp = amp and env.device.startswith("cuda")
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     ddp = student
     if env.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -229,7 +228,6 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
         student.load_state_dict(saved["student"])
         optimizer.load_state_dict(saved["optimizer"])
         objective.load_state_dict(saved["objective"])
-        scaler.load_state_dict(saved["scaler"])
         run.update(saved["run"])
         if env.is_main:
             log(f"resuming {recipe['name']} from step {run['step']} ({state_dir / 'last.pt'})")
@@ -238,7 +236,7 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
         if env.is_main:
             save_state(state_dir, {"recipe_hash": fingerprint, "student": student.state_dict(),
                                    "optimizer": optimizer.state_dict(), "objective": objective.state_dict(),
-                                   "scaler": scaler.state_dict(), "run": dict(run)})
+                                   "run": dict(run)})
         barrier(env)
 
     stats = ReadStats(run["read"], run["skipped"], list(run["skipped_examples"]))
@@ -268,7 +266,7 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
                 if not finite:
                     return losses, False
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(losses["loss"]).backward()
+                losses["loss"].backward()  # bfloat16 autocast needs no loss scaling
                 return losses, True
 
             if run["flops_per_step"] is None:
@@ -282,10 +280,8 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
                 raise UserError(f"training diverged at step {step}: loss is {losses['loss'].item()}; {kept}; "
                                 f"lower optim.lr or raise optim.warmup_steps")
             if optim["grad_clip"]:
-                scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(student.parameters(), optim["grad_clip"])
-            scaler.step(optimizer)
-            scaler.update()
+            optimizer.step()
             with torch.no_grad():
                 student.clip.logit_scale.clamp_(0, math.log(100))
             objective.after_step(student)

@@ -130,6 +130,9 @@ class SelfDistillationMixin:
     """An EMA teacher of (image tower, projection head) and the view-distillation loss."""
 
     def _init_distill(self, distill: dict[str, Any]):
+        if self.views.n_views < 2 or self.views.n_global < 1:
+            raise UserError(f"{self.name} distils between views: it needs at least one global view and two views "
+                            f"in all, not {self.views.n_global} global + {self.views.n_local} local")
         unknown = set(distill) - set(DISTILL_DEFAULTS)
         if unknown:
             raise UserError(f"unknown distill parameter '{sorted(unknown)[0]}'; allowed: "
