@@ -300,12 +300,14 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
                     log(f"step {run['step']:>6d}/{total_steps} epoch {run['epoch']} loss {mean_loss:.4f} {parts} "
                         f"lr {lr:.2e} {window_steps * optim['batch_size'] / elapsed:.0f} img/s")
                 window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
-            if evaluator is not None and (run["step"] % optim["eval_every"] == 0 or done):
-                scores = evaluator(student.clip)
-                run["eval_history"].append({"step": run["step"], **scores})
-                if progress:
-                    log(f"eval at step {run['step']}: " + ", ".join(f"{k} {100 * v:.2f}" for k, v in scores.items()))
-            barrier(env)
+            if optim["eval_every"] and recipe["eval_suite"] and (run["step"] % optim["eval_every"] == 0 or done):
+                if evaluator is not None:
+                    scores = evaluator(student.clip)
+                    run["eval_history"].append({"step": run["step"], **scores})
+                    if progress:
+                        log(f"eval at step {run['step']}: "
+                            + ", ".join(f"{k} {100 * v:.2f}" for k, v in scores.items()))
+                barrier(env)  # the other ranks wait for rank 0's evaluation
             run["elapsed_s"] += time.perf_counter() - segment_start
             segment_start = time.perf_counter()
             run.update(read=stats.read, skipped=stats.skipped, skipped_examples=list(stats.examples))
