@@ -65,7 +65,8 @@ def _load_yaml_mapping(path: Path) -> dict[str, Any]:
     return data
 
 
-def _check_keys(path: Path, what: str, data: dict, required: set, optional: set) -> None:
+def check_keys(path: Path, what: str, data: dict, required: set, optional: set) -> None:
+    """Raise a UserError naming path for the first unknown key or missing required field of data."""
     unknown = sorted(set(data) - required - optional)
     if unknown:
         raise UserError(f"{path}: unknown key '{unknown[0]}' in {what}; allowed keys: "
@@ -78,7 +79,7 @@ def _check_keys(path: Path, what: str, data: dict, required: set, optional: set)
 def parse_benchmark(path: Path) -> Benchmark:
     """Return the Benchmark declared in path, validating every key; errors are UserErrors naming the file."""
     data = _load_yaml_mapping(path)
-    _check_keys(path, "benchmark", data, BENCHMARK_REQUIRED, BENCHMARK_OPTIONAL)
+    check_keys(path, "benchmark", data, BENCHMARK_REQUIRED, BENCHMARK_OPTIONAL)
     if data["name"] != path.stem:
         raise UserError(f"{path}: name '{data['name']}' must equal the file name '{path.stem}'")
     task = data["task"]
@@ -91,7 +92,7 @@ def parse_benchmark(path: Path) -> Benchmark:
         raise UserError(f"{path}: task {task} reads {', '.join(TASKS[task].DATASET_FORMATS)} datasets, "
                         f"not {dataset['format']}")
     required, optional = DATASET_FIELDS[dataset["format"]]
-    _check_keys(path, "dataset", dataset, required, optional)
+    check_keys(path, "dataset", dataset, required, optional)
     if dataset["source"] not in DATASET_SOURCES:
         raise UserError(f"{path}: dataset.source must be one of {', '.join(DATASET_SOURCES)}")
     params = data.get("params") or {}
@@ -106,7 +107,7 @@ def parse_benchmark(path: Path) -> Benchmark:
 def parse_suite(path: Path) -> Suite:
     """Return the Suite declared in path, validating every key."""
     data = _load_yaml_mapping(path)
-    _check_keys(path, "suite", data, SUITE_REQUIRED, SUITE_OPTIONAL)
+    check_keys(path, "suite", data, SUITE_REQUIRED, SUITE_OPTIONAL)
     if data["name"] != path.stem:
         raise UserError(f"{path}: name '{data['name']}' must equal the file name '{path.stem}'")
     if not isinstance(data["benchmarks"], list) or not data["benchmarks"]:

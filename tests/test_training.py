@@ -112,3 +112,17 @@ def test_resume_refuses_a_different_recipe(tmp_path):
     with pytest.raises(UserError, match="different recipe"):
         train(recipe, tmp_path / "out", evaluate=False, progress=False)
     assert train(recipe, tmp_path / "out", evaluate=False, progress=False, restart=True) is not None
+
+
+def test_malformed_recipes_are_one_line_user_errors(tmp_path):
+    (tmp_path / "extra.yaml").write_text("name: x\nobjective: clip\nmodel: {}\ndata: {}\noptim: {}\ncolour: red\n")
+    with pytest.raises(UserError, match="extra.yaml: unknown key 'colour' in recipe"):
+        load_recipe(str(tmp_path / "extra.yaml"))
+    (tmp_path / "missing.yaml").write_text("name: x\nobjective: clip\nmodel: {}\ndata: {}\n")
+    with pytest.raises(UserError, match="missing field 'optim'"):
+        load_recipe(str(tmp_path / "missing.yaml"))
+    (tmp_path / "optim.yaml").write_text("name: x\nobjective: clip\nmodel: {}\ndata: {}\noptim: {lr_max: 1}\n")
+    with pytest.raises(UserError, match="unknown key 'lr_max' in optim"):
+        load_recipe(str(tmp_path / "optim.yaml"))
+    with pytest.raises(UserError, match="unknown recipe 'nope'.*clip"):
+        load_recipe("nope")

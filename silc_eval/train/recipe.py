@@ -9,6 +9,7 @@ import yaml
 
 from silc_eval.errors import UserError
 from silc_eval.paths import zoo_dir
+from silc_eval.registry import check_keys
 
 RECIPE_KEYS = {"name", "description", "objective", "seed", "model", "data", "optim", "eval_suite"}
 REQUIRED_KEYS = {"name", "objective", "model", "data", "optim"}
@@ -43,12 +44,7 @@ def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> d
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(recipe, dict):
         raise UserError(f"{path}: expected a YAML mapping")
-    unknown = sorted(set(recipe) - RECIPE_KEYS)
-    if unknown:
-        raise UserError(f"{path}: unknown key '{unknown[0]}' in recipe; allowed: {', '.join(sorted(RECIPE_KEYS))}")
-    missing = sorted(REQUIRED_KEYS - set(recipe))
-    if missing:
-        raise UserError(f"{path}: missing field '{missing[0]}' in recipe")
+    check_keys(path, "recipe", recipe, REQUIRED_KEYS, RECIPE_KEYS - REQUIRED_KEYS)
     for section, defaults in (("optim", OPTIM_DEFAULTS), ("data", DATA_DEFAULTS)):
         unknown = sorted(set(recipe[section]) - set(defaults))
         if unknown:

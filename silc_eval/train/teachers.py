@@ -215,18 +215,18 @@ def _local_dir_teacher(spec: str, device, student_mean, student_std) -> VisionTe
 
 
 def _checkpoint_teacher(spec: str, device, student_mean, student_std) -> VisionTeacher:
-    """Return the VisionTeacher of an ARCH:CHECKPOINT spec."""
-    import open_clip
+    """Return the VisionTeacher of an ARCH:CHECKPOINT spec (parsed as `silc-eval run --model` parses it)."""
+    from silc_eval.models.loading import parse_model_spec
 
-    arch, _, path = spec.partition(":")
-    if arch not in open_clip.list_models():
-        raise UserError(f"vision teacher {spec}: unknown open_clip architecture '{arch}'; expected one of "
-                        f"open_clip.list_models() (e.g. ViT-B-16) or a spec of the form {SPEC_FORMS}")
-    weights = Path(path).expanduser()
-    if not weights.is_file():
-        raise UserError(f"vision teacher {spec}: checkpoint file not found: {weights} (expected ARCH:PATH_TO_WEIGHTS)")
-    model = _load_open_clip(arch, str(weights), spec, f"checkpoint {weights} as {arch}")
-    return _open_clip_teacher(model, spec, weights, device, student_mean, student_std)
+    try:
+        parsed = parse_model_spec(spec)
+    except UserError as exc:
+        raise UserError(f"vision teacher {spec}: {exc}; expected a spec of the form {SPEC_FORMS}") from None
+    if parsed.kind != "checkpoint":
+        raise UserError(f"vision teacher {spec}: expected a spec of the form {SPEC_FORMS}")
+    model = _load_open_clip(parsed.architecture, str(parsed.path), spec,
+                            f"checkpoint {parsed.path} as {parsed.architecture}")
+    return _open_clip_teacher(model, spec, parsed.path, device, student_mean, student_std)
 
 
 def parse_timm_spec(spec: str) -> tuple[str, dict[str, int], Path]:
