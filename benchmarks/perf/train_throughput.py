@@ -178,7 +178,7 @@ class LoopStep:
         return self.objective.views.n_views
 
     def __call__(self, count_flops: bool = False) -> None:
-        from silc_eval.train.loop import cosine_lr, measure_step_flops
+        from silc_eval.train.loop import apply_update, cosine_lr, measure_step_flops
 
         objective, optimizer, student, batch = self.objective, self.optimizer, self.student, self.batch
         optim, step = self.optim, self.step
@@ -205,12 +205,7 @@ class LoopStep:
             losses, finite = one_step()
         if not finite:
             raise SystemExit(f"{self.recipe['name']}: loss is not finite at benchmark step {step}")
-        if optim["grad_clip"]:
-            torch.nn.utils.clip_grad_norm_(student.parameters(), optim["grad_clip"])
-        optimizer.step()
-        with torch.no_grad():
-            student.clip.logit_scale.clamp_(0, math.log(100))
-        objective.after_step(student)
+        apply_update(student, optimizer, objective, optim["grad_clip"])
         self.last_loss = losses["loss"].item()  # the loop's window_loss += losses["loss"].item()
         self.step += 1
 

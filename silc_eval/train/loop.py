@@ -161,6 +161,16 @@ class Evaluator:
         return scores
 
 
+def apply_update(student: StudentModule, optimizer, objective, grad_clip: float) -> None:
+    """After backward: clip gradients, step the optimiser, clamp the logit scale as open_clip does, update teachers."""
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(student.parameters(), grad_clip)
+    optimizer.step()
+    with torch.no_grad():
+        student.clip.logit_scale.clamp_(0, math.log(100))
+    objective.after_step(student)
+
+
 def measure_step_flops(fn) -> tuple[Any, int]:
     """Run fn() under torch's FLOP counter; returns (fn's result, FLOPs counted, forward and backward)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -279,12 +289,7 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
                     else "no checkpoint was written yet"
                 raise UserError(f"training diverged at step {step}: loss is {losses['loss'].item()}; {kept}; "
                                 f"lower optim.lr or raise optim.warmup_steps")
-            if optim["grad_clip"]:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), optim["grad_clip"])
-            optimizer.step()
-            with torch.no_grad():
-                student.clip.logit_scale.clamp_(0, math.log(100))
-            objective.after_step(student)
+            apply_update(student, optimizer, objective, optim["grad_clip"])
             run["step"] += 1
             run["batch_in_epoch"] += 1
             run["images_seen"] += optim["batch_size"]
