@@ -122,10 +122,13 @@ def load_benchmarks(root: Path | None = None) -> dict[str, Benchmark]:
     return {b.name: b for b in (parse_benchmark(p) for p in sorted((root / "definitions").glob("*.yaml")))}
 
 
-def load_suites(root: Path | None = None) -> dict[str, Suite]:
-    """Return every suite under root/suites, by name; each suite's benchmarks must exist."""
+def load_suites(root: Path | None = None, benchmarks: dict[str, Benchmark] | None = None) -> dict[str, Suite]:
+    """Return every suite under root/suites, by name; each suite's benchmarks must exist.
+
+    benchmarks, when given, are the already-loaded definitions (saves reading them again).
+    """
     root = Path(root) if root else benchmarks_dir()
-    benchmarks = load_benchmarks(root)
+    benchmarks = benchmarks if benchmarks is not None else load_benchmarks(root)
     suites = {}
     for path in sorted((root / "suites").glob("*.yaml")):
         suite = parse_suite(path)
@@ -138,10 +141,10 @@ def load_suites(root: Path | None = None) -> dict[str, Suite]:
 
 def resolve_suite(name: str, root: Path | None = None) -> list[Benchmark]:
     """Return the benchmarks of suite name, in the suite's order; an unknown name lists the valid ones."""
-    suites = load_suites(root)
+    benchmarks = load_benchmarks(root)
+    suites = load_suites(root, benchmarks)
     if name not in suites:
         raise UserError(f"unknown suite '{name}'; expected one of {', '.join(suites)}")
-    benchmarks = load_benchmarks(root)
     return [benchmarks[b] for b in suites[name].benchmarks]
 
 

@@ -57,10 +57,3 @@ def grid_for(visual, height: int, width: int) -> tuple[int, int]:
     """Return the patch grid an input of (height, width) gives."""
     patch = visual.conv1.kernel_size
     return height // patch[0], width // patch[1]
-
-
-def patch_count(visual, size: int) -> int:
-    """Return the number of patches of a square input of side size."""
-    gh, gw = grid_for(visual, size, size)
-    return gh * gw
-

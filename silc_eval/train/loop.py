@@ -26,6 +26,7 @@ from silc_eval.errors import UserError
 from silc_eval.io import atomic_directory, atomic_write_text
 from silc_eval.offline import enforce_offline
 from silc_eval.provenance import git_commit, package_versions
+from silc_eval.train.augment import MultiViewTransform
 from silc_eval.train.distributed import DistEnv, all_ranks_true, barrier, init_distributed, shutdown
 from silc_eval.train.model_config import (CONFIG_FILE, WEIGHTS_FILE, create_model, open_clip_config,
                                           save_local_dir)
@@ -133,7 +134,7 @@ def build_student(recipe: dict[str, Any], config: dict[str, Any], objective, env
 class Evaluator:
     """Zero-shot evaluation of the live student on a suite, through the same task code as `silc-eval run`."""
 
-    def __init__(self, suite: str, tokenizer, image_size: int, device: str):
+    def __init__(self, suite: str, tokenizer, image_size: int):
         import open_clip
 
         from silc_eval.data.build import build_dataset, dataset_root
@@ -144,7 +145,6 @@ class Evaluator:
         self.preprocess = open_clip.image_transform(image_size, is_train=False, mean=SYNTH_MEAN, std=SYNTH_STD)
         self.datasets = [build_dataset(b.dataset, dataset_root(b.dataset, None, None), self.preprocess)
                          for b in self.benchmarks]
-        self.device = device
 
     def __call__(self, clip: torch.nn.Module) -> dict[str, float]:
         """Return {benchmark: main metric} for the model as it is now (left in train mode afterwards)."""
@@ -189,18 +189,16 @@ def train(recipe: dict[str, Any], output: Path, device: str = "cpu", evaluate: b
     stop_after_steps saves the state and returns after that many steps, as an interruption would.
     """
     enforce_offline()
-    import open_clip
-
     env = init_distributed(device)
     try:
-        return _train(recipe, Path(output), env, evaluate, progress, restart, keep_state, stop_after_steps, amp,
-                      open_clip)
+        return _train(recipe, Path(output), env, evaluate, progress, restart, keep_state, stop_after_steps, amp)
     finally:
         shutdown(env)
 
 
-def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep_state, stop_after_steps, amp,
-           open_clip):
+def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep_state, stop_after_steps, amp):
+    import open_clip
+
     optim = recipe["optim"]
     work = work_folder(output)
     state_dir = work / "train_state"
@@ -222,10 +220,8 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
 
         ddp = DistributedDataParallel(student, device_ids=[env.local_rank] if env.device.startswith("cuda") else None)
     total_steps = count_steps(recipe, data_info.get("n_train") or source.size)
-    from silc_eval.train.augment import MultiViewTransform
-
     transform = MultiViewTransform(objective.views, SYNTH_MEAN, SYNTH_STD)
-    evaluator = Evaluator(recipe["eval_suite"], tokenizer, image_size, env.device) \
+    evaluator = Evaluator(recipe["eval_suite"], tokenizer, image_size) \
         if env.is_main and optim["eval_every"] and recipe["eval_suite"] else None
     fingerprint = recipe_hash(recipe)
 

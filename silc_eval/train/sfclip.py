@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from silc_eval.errors import UserError
-from silc_eval.models.vit import forward_any_size
+from silc_eval.models.vit import forward_any_size, grid_for
 from silc_eval.paths import PROJECT_ROOT
 from silc_eval.train.augment import ViewSpec
 from silc_eval.train.heads import regression_head
@@ -172,7 +172,7 @@ class SfClipObjective(ContrastiveObjective):
         device = batch.tokens.device
         if self.vision_teacher is not None:
             images = batch.views[0][:n]
-            grid = (images.shape[-2] // clip.visual.conv1.kernel_size[0], images.shape[-1] // clip.visual.conv1.kernel_size[1])
+            grid = grid_for(clip.visual, images.shape[-2], images.shape[-1])
             mask = torch.stack([random_mask(grid[0] * grid[1], self.image_ratio, self._generator(p, step, 1))
                                 for p in batch.positions[:n]]).to(device)
             tokens = forward_any_size(clip.visual, images, mask, student.extras["mask_token"].token)[1]
