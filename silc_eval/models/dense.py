@@ -1,0 +1,122 @@
+"""Dense (per-patch) image-text features from any open_clip VisionTransformer (PROTOCOLS.md section 4).
+
+The first L-1 blocks run unchanged; the last block is replaced by one of the training-free
+variants of the SCLIP family:
+
+- ``vanilla``: the block as trained (plain patch tokens);
+- ``maskclip``: the value embedding of the last block through its output projection, no
+  residual, no FFN (MaskCLIP);
+- ``sclip``: attention softmax(q q^T) + softmax(k k^T), residual and FFN kept (SCLIP);
+- ``clearclip``: attention softmax(q q^T), no residual, no FFN (ClearCLIP);
+- ``naclip``: attention softmax(k k^T + Gaussian neighbourhood bias over the patch grid,
+  std 5 patches), no residual, no FFN (NACLIP without PAMR).
+
+Every variant then applies the final LayerNorm and the image projection, so patch
+features live in the text embedding space. Positional embeddings are interpolated
+(bicubic) for any input size divisible by the patch size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from silc_eval.errors import UserError
+from silc_eval.models.vit import embed_patches
+
+VARIANTS = ("vanilla", "maskclip", "sclip", "clearclip", "naclip")
+NACLIP_STD = 5.0
+
+
+def check_variant(variant: str) -> str:
+    """Return variant if it is a known dense variant; otherwise raise a UserError listing them."""
+    if variant not in VARIANTS:
+        raise UserError(f"unknown dense variant '{variant}'; expected one of {', '.join(VARIANTS)}")
+    return variant
+
+
+def _check_supported(visual) -> None:
+    block = visual.transformer.resblocks[-1]
+    if not isinstance(getattr(block, "attn", None), torch.nn.MultiheadAttention) or visual.attn_pool is not None:
+        raise UserError(f"dense features need an open_clip VisionTransformer with standard attention blocks and "
+                        f"token pooling; this model's last block is {type(block).__name__}")
+
+
+def _run_blocks(transformer, blocks, x: torch.Tensor) -> torch.Tensor:
+    """Run blocks on batch-first tokens x (B, N, D), honouring the transformer's layout."""
+    if not getattr(transformer, "batch_first", True):
+        x = x.transpose(0, 1)
+    for block in blocks:
+        x = block(x)
+    return x if getattr(transformer, "batch_first", True) else x.transpose(0, 1)
+
+
+def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    batch, tokens, dim = x.shape
+    return x.view(batch, tokens, num_heads, dim // num_heads).transpose(1, 2)
+
+
+def neighbourhood_bias(grid: tuple[int, int], std: float = NACLIP_STD, device=None) -> torch.Tensor:
+    """Return the (1 + gh*gw)^2 NACLIP attention bias: exp(-d^2 / (2 std^2)) between patch positions
+    (d in patches on the 2-D grid), zero in the class token's row and column."""
+    rows, cols = torch.meshgrid(torch.arange(grid[0], device=device), torch.arange(grid[1], device=device),
+                                indexing="ij")
+    pos = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1).float()
+    bias = torch.exp(-torch.cdist(pos, pos).pow(2) / (2 * std ** 2))
+    return F.pad(bias, (1, 0, 1, 0))
+
+
+def _last_block(transformer, block, x: torch.Tensor, variant: str, grid: tuple[int, int]) -> torch.Tensor:
+    """Return the batch-first tokens (B, N, D) after the variant's version of the last block."""
+    if variant == "vanilla":
+        return _run_blocks(transformer, [block], x)
+    attn = block.attn
+    y = block.ln_1(x)
+    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    if variant == "maskclip":
+        return F.linear(v, attn.out_proj.weight, attn.out_proj.bias)
+    heads = attn.num_heads
+    q, k, v = (_heads(t, heads) for t in (q, k, v))
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if variant == "sclip":
+        weights = ((q @ q.transpose(-2, -1)) * scale).softmax(-1) + ((k @ k.transpose(-2, -1)) * scale).softmax(-1)
+    elif variant == "clearclip":
+        weights = ((q @ q.transpose(-2, -1)) * scale).softmax(-1)
+    else:  # naclip
+        logits = (k @ k.transpose(-2, -1)) * scale + neighbourhood_bias(grid, device=x.device).to(x.dtype)
+        weights = logits.softmax(-1)
+    out = (weights @ v).transpose(1, 2).reshape(x.shape)
+    out = F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+    if variant == "sclip":
+        x = x + block.ls_1(out)
+        return x + block.ls_2(block.mlp(block.ln_2(x)))
+    return out
+
+
+def dense_features(visual, images: torch.Tensor, variant: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Return (patch embeddings (B, gh, gw, E) in the joint space, not normalised, grid) for images (B, 3, H, W).
+
+    H and W must be multiples of the patch size; the positional embedding is interpolated to the grid.
+    """
+    check_variant(variant)
+    _check_supported(visual)
+    x, grid = embed_patches(visual, images)
+    blocks = visual.transformer.resblocks
+    x = _run_blocks(visual.transformer, blocks[:-1], x)
+    x = _last_block(visual.transformer, blocks[-1], x, variant, grid)
+    tokens = visual.ln_post(x[:, 1:])
+    if visual.proj is not None:
+        tokens = tokens @ visual.proj
+    return tokens.reshape(images.shape[0], grid[0], grid[1], -1), grid
+
+
+def patch_tokens(visual, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Return (last-layer patch tokens after the final LayerNorm (B, gh, gw, D), grid), before the projection
+    (the input of a linear segmentation probe)."""
+    _check_supported(visual)
+    x, grid = embed_patches(visual, images)
+    x = _run_blocks(visual.transformer, visual.transformer.resblocks, x)
+    tokens = visual.ln_post(x[:, 1:])
+    return tokens.reshape(images.shape[0], grid[0], grid[1], -1), grid

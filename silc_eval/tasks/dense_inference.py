@@ -1,0 +1,94 @@
+"""Sliding-window dense inference shared by the segmentation tasks (mmseg's `slide` mode, PROTOCOLS.md 4).
+
+An image is resized so its short side is S (aspect kept, as mmseg's keep-ratio Resize with
+scale (2048, S)), cut into windows of W with stride T (no padding: the last window is
+shifted back inside the image), each window's patch-level logits are upsampled bilinearly
+to the window, overlapping logits are averaged, and the result is upsampled bilinearly to
+the ORIGINAL image size. Windows of one shape are batched, across images too.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import Normalize
+
+LONG_SIDE_CAP = 2048
+
+
+def image_normalization(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the (mean, std) tensors (3, 1, 1) of the model's eval preprocessing (CLIP's if none is found)."""
+    for transform in getattr(model.preprocess, "transforms", []):
+        if isinstance(transform, Normalize):
+            return (torch.tensor(transform.mean, dtype=torch.float32).view(3, 1, 1),
+                    torch.tensor(transform.std, dtype=torch.float32).view(3, 1, 1))
+    return (torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1),
+            torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1))
+
+
+def short_side_size(height: int, width: int, short_side: int, long_cap: int = LONG_SIDE_CAP) -> tuple[int, int]:
+    """Return (height, width) rescaled so the short side is short_side and the long side at most long_cap."""
+    scale = min(long_cap / max(height, width), short_side / min(height, width))
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def prepare_image(image: torch.Tensor, short_side: int | None, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Return a uint8 (3, H, W) image as a normalised float tensor, resized (bilinear) to the short side."""
+    x = image.float().div(255.0)
+    if short_side:
+        size = short_side_size(x.shape[-2], x.shape[-1], short_side)
+        if size != tuple(x.shape[-2:]):
+            x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+    return (x - mean.to(x.device)) / std.to(x.device)
+
+
+def window_boxes(height: int, width: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Return the (top, bottom, left, right) boxes of mmseg's slide inference for an image of this size."""
+    rows = max(height - window + stride - 1, 0) // stride + 1
+    cols = max(width - window + stride - 1, 0) // stride + 1
+    boxes = []
+    for r in range(rows):
+        for c in range(cols):
+            bottom, right = min(r * stride + window, height), min(c * stride + window, width)
+            boxes.append((max(bottom - window, 0), bottom, max(right - window, 0), right))
+    return boxes
+
+
+def slide_logits(images: Sequence[torch.Tensor], window_fn: Callable[[torch.Tensor], torch.Tensor],
+                 window: int, stride: int, batch_size: int,
+                 output_sizes: Sequence[tuple[int, int]] | None = None) -> list[torch.Tensor]:
+    """Return per image the (Q, h, w) window-averaged logits, upsampled to output_sizes[i] when given.
+
+    images are prepared (normalised, resized) (3, H, W) tensors; window_fn maps a batch of
+    windows (N, 3, h, w) to patch-level logits (N, Q, gh, gw). Up to batch_size windows of
+    the same shape go through window_fn together.
+    """
+    crops: list[tuple[int, tuple[int, int, int, int]]] = []
+    for index, image in enumerate(images):
+        crops += [(index, box) for box in window_boxes(image.shape[-2], image.shape[-1], window, stride)]
+    by_shape: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]] = {}
+    for index, box in crops:
+        by_shape.setdefault((box[1] - box[0], box[3] - box[2]), []).append((index, box))
+    sums: list[torch.Tensor | None] = [None] * len(images)
+    counts = [torch.zeros(image.shape[-2:], device=image.device) for image in images]
+    for shape, group in by_shape.items():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start:start + batch_size]
+            batch = torch.stack([images[i][:, t:b, l:r] for i, (t, b, l, r) in chunk])
+            logits = window_fn(batch).float()
+            logits = F.interpolate(logits, size=shape, mode="bilinear", align_corners=False)
+            for (i, (t, b, l, r)), window_logits in zip(chunk, logits):
+                if sums[i] is None:
+                    sums[i] = window_logits.new_zeros((window_logits.shape[0], *images[i].shape[-2:]))
+                sums[i][:, t:b, l:r] += window_logits
+                counts[i][t:b, l:r] += 1
+    results = []
+    for i, total in enumerate(sums):
+        averaged = total / counts[i]
+        if output_sizes is not None and tuple(output_sizes[i]) != tuple(averaged.shape[-2:]):
+            averaged = F.interpolate(averaged[None], size=tuple(output_sizes[i]), mode="bilinear",
+                                     align_corners=False)[0]
+        results.append(averaged)
+    return results
