@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--n-train", type=int, default=None, help="number of training pairs")
     synth.add_argument("--parts", default=None, help="comma-separated parts (default: all)")
     synth.add_argument("--workers", type=int, default=None, help="rendering processes (default: the usable CPUs)")
+    prepare = data_sub.add_parser("prepare", help="derive label maps from a dataset's own annotations")
+    prepare_sub = prepare.add_subparsers(dest="prepare_command", required=True, parser_class=OneLineParser)
+    coco_object = prepare_sub.add_parser(
+        "coco-object", help="render COCO instances to <stem>_instanceTrainIds.png (things 1..80, else 0)")
+    coco_object.add_argument("--coco", type=Path, required=True,
+                             help="COCO folder holding annotations/instances_<split>.json")
+    coco_object.add_argument("--out", type=Path, required=True,
+                             help="destination folder, e.g. DATA_ROOT/coco_stuff164k/annotations/val2017")
+    coco_object.add_argument("--split", default="val2017", help="COCO split (default: val2017)")
 
     train = sub.add_parser("train", help="train a recipe into an open_clip local-dir checkpoint with a card")
     train.add_argument("--recipe", required=True, help="recipe name (model_zoo/recipes) or YAML path")
@@ -106,6 +115,12 @@ def cmd_list(args) -> int:
 
 
 def cmd_data(args) -> int:
+    if args.data_command == "prepare":  # the only prepare target so far: coco-object
+        from silc_eval.data.coco_object import SUFFIX, prepare_coco_object
+
+        count = prepare_coco_object(args.coco, args.out, split=args.split, progress=sys.stderr.isatty())
+        print(f"wrote {count} COCO-Object label maps (*{SUFFIX}) to {args.out}")
+        return 0
     from silc_eval.data.synthscenes import PARTS, SynthScenesConfig, default_workers, write_synthscenes
 
     parts = tuple(args.parts.split(",")) if args.parts else PARTS

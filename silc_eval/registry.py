@@ -24,6 +24,8 @@ DATASET_SOURCES = ("synthscenes", "data-root")
 DATASET_FIELDS = {
     "imagefolder": ({"name", "source", "format", "root", "classnames"}, {"templates"}),
     "karpathy": ({"name", "source", "format", "annotations", "images"}, {"split"}),
+    "mmseg": ({"name", "source", "format", "images", "annotations", "num_classes", "classes"},
+              {"split_file", "image_suffix", "annotation_suffix", "templates", "reduce_zero_label", "train"}),
 }
 
 
@@ -95,6 +97,10 @@ def parse_benchmark(path: Path) -> Benchmark:
     check_keys(path, "dataset", dataset, required, optional)
     if dataset["source"] not in DATASET_SOURCES:
         raise UserError(f"{path}: dataset.source must be one of {', '.join(DATASET_SOURCES)}")
+    if dataset["format"] == "mmseg":
+        from silc_eval.data.segmentation import check_declaration
+
+        check_declaration(dataset, path)
     params = data.get("params") or {}
     unknown = sorted(set(params) - set(TASKS[task].DEFAULT_PARAMS))
     if unknown:

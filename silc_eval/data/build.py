@@ -7,18 +7,31 @@ from typing import Callable
 
 from silc_eval.data.metadata import is_packaged, load_names
 from silc_eval.data.readers import ImageFolderClassification, KarpathyRetrieval
+from silc_eval.data.segmentation import segmentation_dataset, split_paths, split_view
 from silc_eval.errors import UserError
 
 
 def expected_paths(dataset: dict) -> list[str]:
-    """Return the paths (relative to the data root) a dataset declaration reads."""
+    """Return the paths (relative to the data root) a dataset declaration reads for evaluation.
+
+    For `mmseg` declarations the optional `train` split is left out (see train_paths).
+    """
+    if dataset["format"] == "mmseg":
+        return split_paths(dataset)
     keys = {"imagefolder": ("root", "classnames", "templates"), "karpathy": ("annotations", "images")}
     return [dataset[k] for k in keys[dataset["format"]] if k in dataset and not is_packaged(dataset[k])]
 
 
+def train_paths(dataset: dict) -> list[str]:
+    """Return the paths (relative to the data root) a declaration's `train` split reads; [] without one."""
+    if dataset["format"] != "mmseg" or "train" not in dataset:
+        return []
+    return split_paths(split_view(dataset, "train"))
+
+
 def synthscenes_parts(dataset: dict) -> list[str]:
-    """Return the SynthScenes parts a dataset declaration needs (synthscenes/<part>/...)."""
-    return sorted({Path(p).parts[1] for p in expected_paths(dataset)})
+    """Return the SynthScenes parts a dataset declaration needs (synthscenes/<part>/...), its train split included."""
+    return sorted({Path(p).parts[1] for p in expected_paths(dataset) + train_paths(dataset)})
 
 
 def dataset_root(dataset: dict, data_root: Path | None, synthscenes_root: Path | None) -> Path:
@@ -37,9 +50,15 @@ def dataset_root(dataset: dict, data_root: Path | None, synthscenes_root: Path |
     return Path(data_root)
 
 
-def build_dataset(dataset: dict, root: Path, transform: Callable | None):
-    """Return the torch Dataset for a declaration, reading files under root."""
+def build_dataset(dataset: dict, root: Path, transform: Callable | None, split: str = "val"):
+    """Return the torch Dataset for a declaration, reading files under root.
+
+    split ('val' or 'train') applies to `mmseg` declarations only; their items are raw
+    pixels and labels (the segmentation tasks resize themselves), so transform is unused there.
+    """
     fmt = dataset["format"]
+    if fmt == "mmseg":
+        return segmentation_dataset(dataset, root, split=split)
     if fmt == "imagefolder":
         classnames = load_names("classnames", dataset["classnames"], root)
         templates = load_names("templates", dataset["templates"], root) if "templates" in dataset else None
