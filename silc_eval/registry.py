@@ -22,7 +22,7 @@ SUITE_REQUIRED = {"name", "benchmarks"}
 SUITE_OPTIONAL = {"description"}
 DATASET_SOURCES = ("synthscenes", "data-root")
 DATASET_FIELDS = {
-    "imagefolder": ({"name", "source", "format", "root", "classnames"}, {"templates"}),
+    "imagefolder": ({"name", "source", "format", "root", "classnames"}, {"templates", "train_root"}),
     "karpathy": ({"name", "source", "format", "annotations", "images"}, {"split"}),
     "mmseg": ({"name", "source", "format", "images", "annotations", "num_classes", "classes"},
               {"split_file", "image_suffix", "annotation_suffix", "templates", "reduce_zero_label", "train"}),

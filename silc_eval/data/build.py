@@ -23,7 +23,9 @@ def expected_paths(dataset: dict) -> list[str]:
 
 
 def train_paths(dataset: dict) -> list[str]:
-    """Return the paths (relative to the data root) a declaration's `train` split reads; [] without one."""
+    """Return the paths (relative to the data root) a declaration's train split reads; [] without one."""
+    if dataset["format"] == "imagefolder" and "train_root" in dataset:
+        return [dataset["train_root"]]
     if dataset["format"] != "mmseg" or "train" not in dataset:
         return []
     return split_paths(split_view(dataset, "train"))
@@ -53,18 +55,24 @@ def dataset_root(dataset: dict, data_root: Path | None, synthscenes_root: Path |
 def build_dataset(dataset: dict, root: Path, transform: Callable | None, split: str = "val"):
     """Return the torch Dataset for a declaration, reading files under root.
 
-    split ('val' or 'train') applies to `mmseg` declarations only; their items are raw
-    pixels and labels (the segmentation tasks resize themselves), so transform is unused there.
+    split ('val' or 'train') applies to `mmseg` declarations and to `imagefolder` ones with a
+    `train_root` (the training split of linear probes). `mmseg` items are raw pixels and labels
+    (the segmentation tasks resize themselves), so transform is unused there.
     """
     fmt = dataset["format"]
     if fmt == "mmseg":
         return segmentation_dataset(dataset, root, split=split)
     if fmt == "imagefolder":
+        if split == "train" and "train_root" not in dataset:
+            raise UserError(f"dataset {dataset['name']} has no training split: its declaration needs train_root")
         classnames = load_names("classnames", dataset["classnames"], root)
         templates = load_names("templates", dataset["templates"], root) if "templates" in dataset else None
         files = [root / dataset[k] for k in ("classnames", "templates") if k in dataset and not is_packaged(dataset[k])]
-        return ImageFolderClassification(root / dataset["root"], classnames, templates, transform=transform,
-                                         metadata_files=files)
+        folder = dataset["train_root"] if split == "train" else dataset["root"]
+        built = ImageFolderClassification(root / folder, classnames, templates, transform=transform,
+                                          metadata_files=files)
+        built.declaration, built.root, built.split = dataset, Path(root), split
+        return built
     if fmt == "karpathy":
         return KarpathyRetrieval(root / dataset["annotations"], root / dataset["images"],
                                  split=dataset.get("split", "test"), transform=transform)

@@ -394,7 +394,8 @@ def add_reference_scores(folder: Path, suite: str, device: str, progress: bool) 
         records = run(RunConfig(benchmarks=resolve_suite(suite), models=[f"local-dir:{folder}"], output=Path(tmp),
                                 device=device, progress=progress))
     card["reference_suite"] = suite
-    card["reference_scores"] = {r["benchmark"]["name"]: {k: round(float(v), 6) for k, v in r["metrics"].items()}
+    card["reference_scores"] = {r["benchmark"]["name"]: {k: None if v is None else round(float(v), 6)
+                                                         for k, v in r["metrics"].items()}
                                 for r in records}
     atomic_write_text(card_path, yaml.safe_dump(card, sort_keys=False))
     return card
