@@ -6,7 +6,7 @@ list of benchmarks. Files: benchmarks/definitions/<name>.yaml, benchmarks/suites
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,10 @@ DATASET_SOURCES = ("synthscenes", "data-root")
 DATASET_FIELDS = {
     "imagefolder": ({"name", "source", "format", "root", "classnames"}, {"templates", "train_root"}),
     "karpathy": ({"name", "source", "format", "annotations", "images"}, {"split"}),
+    "coco_captions": ({"name", "source", "format", "annotations", "images"}, set()),
+    "clip_benchmark": ({"name", "source", "format", "dataset", "root"},
+                       {"split", "train_split", "classnames", "templates"}),
+    "wds": ({"name", "source", "format", "root"}, {"split", "train_split", "classnames", "templates"}),
     "mmseg": ({"name", "source", "format", "images", "annotations", "num_classes", "classes"},
               {"split_file", "image_suffix", "annotation_suffix", "templates", "reduce_zero_label", "train"}),
 }
@@ -41,6 +45,7 @@ class Benchmark:
     params: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     file: Path | None = None
+    suite: str | None = None  # the suite this benchmark was resolved from (a suite run skips missing data)
 
     def protocol(self) -> dict[str, Any]:
         """Return the task's default parameters overlaid with this benchmark's."""
@@ -101,6 +106,18 @@ def parse_benchmark(path: Path) -> Benchmark:
         from silc_eval.data.segmentation import check_declaration
 
         check_declaration(dataset, path)
+    if dataset["format"] == "clip_benchmark":
+        from silc_eval.data.clip_benchmark_bridge import layout_paths
+
+        from silc_eval.data.clip_benchmark_bridge import RETRIEVAL_DATASETS
+
+        try:
+            layout_paths(dataset["dataset"], dataset.get("split", "test"))
+        except UserError as exc:
+            raise UserError(f"{path}: {exc}") from None
+        if (task == "retrieval") != (dataset["dataset"] in RETRIEVAL_DATASETS):
+            raise UserError(f"{path}: clip-benchmark dataset '{dataset['dataset']}' does not fit task {task}; "
+                            f"retrieval reads {', '.join(RETRIEVAL_DATASETS)}, classification the others")
     params = data.get("params") or {}
     unknown = sorted(set(params) - set(TASKS[task].DEFAULT_PARAMS))
     if unknown:
@@ -151,7 +168,7 @@ def resolve_suite(name: str, root: Path | None = None) -> list[Benchmark]:
     suites = load_suites(root, benchmarks)
     if name not in suites:
         raise UserError(f"unknown suite '{name}'; expected one of {', '.join(suites)}")
-    return [benchmarks[b] for b in suites[name].benchmarks]
+    return [replace(benchmarks[b], suite=name) for b in suites[name].benchmarks]
 
 
 def resolve_benchmarks(names: list[str], root: Path | None = None) -> list[Benchmark]:

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from silc_eval.data.build import build_dataset, dataset_root
+from silc_eval.data.build import build_dataset, dataset_root, expected_paths, missing_paths, train_paths
 from silc_eval.errors import UserError
 from silc_eval.models import load_model, parse_model_spec
 from silc_eval.models.zoo import list_zoo
@@ -69,19 +69,69 @@ def evaluate_one(model, benchmark: Benchmark, dataset, device: str, progress: bo
     return make_record(model, benchmark, dataset, protocol, metrics, time.perf_counter() - started, device)
 
 
+def missing_data(benchmark: Benchmark, data_root: Path | None) -> list[str]:
+    """Return the paths a real-data benchmark looked for and did not find ([] when its data is present).
+
+    Without a data root every expected path is missing; they are shown as <data-root>/PATH.
+    SynthScenes benchmarks are generated on demand, so they never miss data.
+    """
+    if benchmark.dataset["source"] == "synthscenes":
+        return []
+    if data_root is None:
+        paths = expected_paths(benchmark.dataset) + train_paths(benchmark.dataset)
+        return [f"<data-root>/{p}" for p in dict.fromkeys(paths)]
+    return [str(p) for p in missing_paths(benchmark.dataset, data_root, include_train=True)]
+
+
+def skip_block(suite: str, skipped: list[tuple[Benchmark, list[str]]], total: int, data_root: Path | None) -> str:
+    """Return the stderr block naming each skipped benchmark of a suite and the paths it looked for."""
+    where = f"under {data_root}" if data_root else "(no --data-root given)"
+    lines = [f"silc-eval: suite {suite}: skipping {len(skipped)} of {total} benchmarks, their data is not found "
+             f"{where}:"]
+    width = max(len(b.name) for b, _ in skipped)
+    for benchmark, paths in skipped:
+        for i, path in enumerate(paths):
+            lines.append(f"  {benchmark.name if i == 0 else '':<{width}s}  missing {path}")
+    return "\n".join(lines)
+
+
+def runnable_benchmarks(benchmarks: list[Benchmark], data_root: Path | None) -> list[Benchmark]:
+    """Return the benchmarks whose data is present, after printing which suite benchmarks are skipped.
+
+    A benchmark named explicitly (not from a suite) is always kept: building its dataset then fails
+    with a one-line error. A suite with nothing runnable is a UserError listing what it looked for.
+    """
+    kept, skipped = [], []
+    for benchmark in benchmarks:
+        missing = missing_data(benchmark, data_root) if benchmark.suite else []
+        if missing:
+            skipped.append((benchmark, missing))
+        else:
+            kept.append(benchmark)
+    if skipped and not kept:
+        suite = skipped[0][0].suite
+        looked = "; ".join(f"{b.name}: {', '.join(paths)}" for b, paths in skipped)
+        hint = "pass --data-root DIR holding" if data_root is None else f"found none under {data_root}; expected"
+        raise UserError(f"suite {suite} has no benchmark whose data is present ({hint} at least one of: {looked})")
+    if skipped:
+        log(skip_block(skipped[0][0].suite, skipped, len(benchmarks), data_root))
+    return kept
+
+
 def run(config: RunConfig) -> list[dict]:
     """Evaluate every model on every benchmark, write one record each and the reports; returns the records."""
     check_device(config.device)
     model_specs = config.models or default_models()
     for spec in model_specs:
         parse_model_spec(spec)  # fail on a bad name before any data is generated or read
-    roots = {b.name: dataset_root(b.dataset, config.data_root, config.synthscenes_root) for b in config.benchmarks}
+    benchmarks = runnable_benchmarks(config.benchmarks, config.data_root)
+    roots = {b.name: dataset_root(b.dataset, config.data_root, config.synthscenes_root) for b in benchmarks}
     records, model_names = [], []
     for spec in model_specs:
         model = load_model(spec, device=config.device)
         model_names.append(model.name)
         datasets = {}
-        for benchmark in config.benchmarks:
+        for benchmark in benchmarks:
             key = json.dumps(benchmark.dataset, sort_keys=True)
             if key not in datasets:
                 datasets[key] = build_dataset(benchmark.dataset, roots[benchmark.name], model.preprocess)
@@ -90,5 +140,5 @@ def run(config: RunConfig) -> list[dict]:
             records.append(record)
             main = record["metrics"][benchmark.main_metric]
             log(f"{model.name:>28s} | {benchmark.name:<28s} {benchmark.main_metric} = {100 * main:.2f}")
-    write_reports(config.output, model_order=model_names, benchmark_order=[b.name for b in config.benchmarks])
+    write_reports(config.output, model_order=model_names, benchmark_order=[b.name for b in benchmarks])
     return records

@@ -49,9 +49,12 @@ class ImageFolderClassification(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise UserError(f"image folder not found: expected {self.root}/<class>/<image files>")
-        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        folders = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not folders:
-            raise UserError(f"no class folders in {self.root}: expected {self.root}/<class>/<image files>")
+            flat = any(p.suffix.lower() in IMAGE_SUFFIXES for p in self.root.iterdir())
+            hint = (" (its images lie directly in it, as in the ILSVRC2012_img_val.tar download: sort them into "
+                    "one folder per class first, e.g. with ImageNet's valprep.sh)") if flat else ""
+            raise UserError(f"no class folders in {self.root}{hint}: expected {self.root}/<class>/<image files>")
         self.classes = list(classnames)
         if len(self.classes) != len(folders):
             raise UserError(f"{len(self.classes)} class names were given but {self.root} has {len(folders)} class "
@@ -59,7 +62,8 @@ class ImageFolderClassification(Dataset):
         self.templates = list(templates) if templates else ["a photo of a {c}."]
         self.samples: list[tuple[Path, int]] = []
         for index, folder in enumerate(folders):
-            files = sorted(p for p in (self.root / folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files = sorted(p for p in (self.root / folder).iterdir()
+                           if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
             self.samples.extend((p, index) for p in files)
         if not self.samples:
             raise UserError(f"no images under {self.root}/<class>/ (looked for {sorted(IMAGE_SUFFIXES)})")
@@ -82,39 +86,30 @@ class ImageFolderClassification(Dataset):
         return (self.transform(image) if self.transform else image), label
 
 
-class KarpathyRetrieval(Dataset):
-    """Images with several captions each, from a Karpathy-style JSON (dataset_coco.json style).
+class CaptionRetrieval(Dataset):
+    """Images with several captions each; items are (transformed image, [caption, ...]).
 
-    Image file = images_root / entry['filepath'] (when present) / entry['filename'].
-    Items are (transformed image, [caption, ...]).
+    The common shape of every retrieval reader (Karpathy JSON, COCO captions JSON,
+    clip-benchmark's annotation files): `image_files[i]` has `captions[i]`. Every image must
+    exist; a missing one is a UserError naming it and where it was expected (`where`).
     """
 
-    def __init__(self, annotation_file: Path, images_root: Path, split: str = "test",
-                 transform: Callable | None = None):
-        annotation_file, images_root = Path(annotation_file), Path(images_root)
-        if not annotation_file.is_file():
-            raise UserError(f"caption file not found: expected Karpathy-style JSON at {annotation_file}")
-        try:
-            entries = json.loads(annotation_file.read_text(encoding="utf-8"))["images"]
-        except (ValueError, KeyError, TypeError):
-            raise UserError(f"{annotation_file} is not a Karpathy-style caption file: expected "
-                            f'{{"images": [{{"filename", "split", "sentences": [{{"raw"}}]}}]}}') from None
-        self.image_files: list[Path] = []
-        self.captions: list[list[str]] = []
-        for entry in entries:
-            if entry.get("split") != split:
-                continue
-            path = images_root / entry.get("filepath", "") / entry["filename"]
-            self.image_files.append(path)
-            self.captions.append([s["raw"].strip() for s in entry["sentences"]])
+    def __init__(self, image_files: Sequence[Path], captions: Sequence[Sequence[str]], annotation_file: Path,
+                 where: str, transform: Callable | None = None):
+        self.image_files = [Path(p) for p in image_files]
+        self.captions = [[str(c).strip() for c in per_image] for per_image in captions]
         if not self.image_files:
-            raise UserError(f"{annotation_file} has no images in split '{split}'")
+            raise UserError(f"{annotation_file} lists no images for this split")
         missing = [p for p in self.image_files if not p.is_file()]
         if missing:
             raise UserError(f"{len(missing)} images listed in {annotation_file} are missing, e.g. {missing[0]}; "
-                            f"expected them under {images_root}/<filepath>/<filename>")
+                            f"expected them under {where}")
+        empty = [p for p, c in zip(self.image_files, self.captions) if not c]
+        if empty:
+            raise UserError(f"{annotation_file} gives no caption for {len(empty)} images, e.g. {empty[0].name}; "
+                            f"expected at least one per image")
         self.transform = transform
-        self.fingerprint = fingerprint_files(self.image_files + [annotation_file])
+        self.fingerprint = fingerprint_files(self.image_files + [Path(annotation_file)])
 
     @property
     def image_paths(self) -> list[Path]:
@@ -127,6 +122,32 @@ class KarpathyRetrieval(Dataset):
     def __getitem__(self, index: int):
         image = load_rgb(self.image_files[index])
         return (self.transform(image) if self.transform else image), self.captions[index]
+
+
+class KarpathyRetrieval(CaptionRetrieval):
+    """Images with several captions each, from a Karpathy-style JSON (dataset_coco.json, dataset_flickr30k.json).
+
+    Image file = images_root / entry['filepath'] (COCO: 'val2014' or 'train2014'; absent for
+    Flickr) / entry['filename']; captions = entry['sentences'][*]['raw'], stripped.
+    Items are (transformed image, [caption, ...]).
+    """
+
+    def __init__(self, annotation_file: Path, images_root: Path, split: str = "test",
+                 transform: Callable | None = None):
+        annotation_file, images_root = Path(annotation_file), Path(images_root)
+        if not annotation_file.is_file():
+            raise UserError(f"caption file not found: expected Karpathy-style JSON at {annotation_file}")
+        try:
+            entries = json.loads(annotation_file.read_text(encoding="utf-8"))["images"]
+            chosen = [e for e in entries if e.get("split") == split]
+            files = [images_root / e.get("filepath", "") / e["filename"] for e in chosen]
+            captions = [[s["raw"] for s in e["sentences"]] for e in chosen]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise UserError(f"{annotation_file} is not a Karpathy-style caption file: expected "
+                            f'{{"images": [{{"filename", "split", "sentences": [{{"raw"}}]}}]}}') from None
+        if not files:
+            raise UserError(f"{annotation_file} has no images in split '{split}'")
+        super().__init__(files, captions, annotation_file, f"{images_root}/<filepath>/<filename>", transform)
 
 
 def retrieval_collate(batch):

@@ -10,7 +10,7 @@ from silc_eval.features import encode_images, encode_texts
 
 DEFAULT_PARAMS = {"batch_size": 256, "num_workers": 0, "amp": False, "recall_k": [1, 5, 10], "chunk_size": 4096}
 METRICS = ("image_retrieval_recall@{k}", "text_retrieval_recall@{k}")
-DATASET_FORMATS = ("karpathy",)
+DATASET_FORMATS = ("karpathy", "coco_captions", "clip_benchmark")
 
 
 def topk_hits(scores: torch.Tensor, positives: torch.Tensor, ks: Sequence[int], chunk_size: int = 4096) -> dict[int, torch.Tensor]:

@@ -12,7 +12,7 @@ from silc_eval.features import encode_images, encode_texts
 
 DEFAULT_PARAMS = {"batch_size": 256, "num_workers": 0, "amp": False, "logit_scale": 100.0}
 METRICS = ("acc1", "acc5", "mean_per_class_recall")
-DATASET_FORMATS = ("imagefolder",)
+DATASET_FORMATS = ("imagefolder", "clip_benchmark", "wds")
 
 
 def class_embeddings(model, classnames: Sequence[str], templates: Sequence[str], amp: bool = False) -> torch.Tensor:
