@@ -9,6 +9,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from silc_eval import feature_cache
+
 
 class _ImagesOnly(Dataset):
     """View of a (image, target) dataset that yields only the transformed image."""
@@ -31,16 +33,36 @@ def autocast_context(device: str | torch.device, amp: bool):
     return nullcontext()
 
 
-def encode_images(model, dataset: Dataset, batch_size: int = 256, num_workers: int = 0, amp: bool = False,
-                  progress: bool = True, desc: str = "images") -> torch.Tensor:
-    """Return L2-normalised float32 image embeddings (N, D) on the CPU, in dataset order."""
+def compute_image_features(model, dataset: Dataset, batch_size: int = 256, num_workers: int = 0, amp: bool = False,
+                           progress: bool = True, desc: str = "images", normalize: bool = True) -> torch.Tensor:
+    """Return float32 image embeddings (N, D) on the CPU in dataset order, always running the model (no cache)."""
     loader = DataLoader(_ImagesOnly(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=model.device.type == "cuda")
     chunks = []
     with torch.inference_mode(), autocast_context(model.device, amp):
         for images in tqdm(loader, desc=f"encode {desc}", disable=not progress, leave=False):
-            chunks.append(model.encode_image(images.to(model.device, non_blocking=True), normalize=True).float().cpu())
+            chunks.append(model.encode_image(images.to(model.device, non_blocking=True), normalize=normalize).float().cpu())
+            feature_cache.STATS["images_computed"] += len(images)
     return torch.cat(chunks)
+
+
+def encode_images(model, dataset: Dataset, batch_size: int = 256, num_workers: int = 0, amp: bool = False,
+                  progress: bool = True, desc: str = "images", normalize: bool = True,
+                  split: str | None = None) -> torch.Tensor:
+    """Return float32 image embeddings (N, D) on the CPU, in dataset order (L2-normalised unless normalize=False).
+
+    Served from the feature cache (silc_eval.feature_cache) when the same model weights, dataset
+    fingerprint, split (default: dataset.split when it has one), eval transform, normalisation and
+    precision were encoded before; computed and stored otherwise.
+    """
+    split = split if split is not None else getattr(dataset, "split", None)
+    precision = "fp16-autocast" if amp and model.device.type == "cuda" else "fp32"
+    parts = feature_cache.key_parts(model, dataset, split, normalize, precision)
+
+    def compute():
+        return compute_image_features(model, dataset, batch_size, num_workers, amp, progress, desc, normalize).numpy()
+
+    return torch.from_numpy(feature_cache.cached(parts, compute))
 
 
 def encode_texts(model, texts: Sequence[str], batch_size: int = 1024, amp: bool = False,

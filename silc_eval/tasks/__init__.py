@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from silc_eval.tasks import retrieval, zeroshot_classification, zeroshot_segmentation
+from silc_eval.tasks import linear_probe, retrieval, zeroshot_classification, zeroshot_segmentation
 
 TASKS: dict[str, ModuleType] = {
     "zeroshot_classification": zeroshot_classification,
     "retrieval": retrieval,
     "zeroshot_segmentation": zeroshot_segmentation,
+    "linear_probe": linear_probe,
 }

@@ -1,0 +1,178 @@
+"""On-disk cache of image features, keyed by everything that determines them.
+
+Key parts: the model's weights (sha256), the dataset (fingerprint and split), the eval
+preprocessing (a stable description of the transform), the normalisation and the
+precision. An entry is two files under `cache_dir()/features`:
+
+- `<key>.npy`: the float32 (N, D) array;
+- `<key>.json`: provenance (key parts, silc-eval version, creation time) and the data
+  file's byte size and sha256.
+
+The data file is written first and the metadata last, each atomically, so a run killed
+midway leaves at worst a data file without metadata, which is never read as valid. On
+read the data is checked against the metadata; a mismatch (truncated or corrupt file)
+removes the entry, logs one line to stderr, and the caller recomputes.
+
+Not cached: models without a known weights sha256 (their identity is unknown) and
+transforms without a stable description (e.g. a plain function, whose repr holds a
+memory address), so a cached entry can never be served for different inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from silc_eval import __version__
+from silc_eval.io import atomic_write_bytes, atomic_write_json
+from silc_eval.paths import cache_dir
+
+ENV_SWITCH = "SILC_EVAL_FEATURE_CACHE"
+OFF_VALUES = {"off", "0", "false", "no", "disabled"}
+SCHEMA = "silc-eval/feature-cache/v1"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+# Counters tests and perf scripts read: images the model actually encoded, entries served, entries rebuilt.
+STATS = {"images_computed": 0, "hits": 0, "misses": 0, "rebuilt": 0}
+
+
+def reset_stats() -> None:
+    """Set every counter in STATS to zero; returns nothing."""
+    for name in STATS:
+        STATS[name] = 0
+
+
+def enabled() -> bool:
+    """Return False when $SILC_EVAL_FEATURE_CACHE is off/0/false/no/disabled, else True."""
+    return os.environ.get(ENV_SWITCH, "on").strip().lower() not in OFF_VALUES
+
+
+def features_dir() -> Path:
+    """Return the folder holding cached features (cache_dir()/features)."""
+    return cache_dir() / "features"
+
+
+def describe_transform(transform: Callable | None) -> str | None:
+    """Return a stable text description of an eval transform, or None when it has none.
+
+    torchvision transforms (and open_clip's Compose) print their sizes, interpolation, crop
+    and mean/std; a repr holding a memory address (functions, lambdas, plain objects) is not
+    stable across runs, nor distinct between two such callables, so it gives None.
+    """
+    if transform is None:
+        return "none"
+    text = " ".join(repr(transform).split())
+    return None if _ADDRESS.search(text) else text
+
+
+def known_sha256(model) -> str | None:
+    """Return the model's weights sha256 (lower-case hex) when it is a real digest, else None."""
+    digest = str(getattr(model, "sha256", "") or "").lower()
+    return digest if _SHA256.match(digest) else None
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    """Return the entry name for key parts: the first 32 hex digits of the sha256 of their sorted JSON."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+
+
+def key_parts(model, dataset, split: str | None, normalize: bool, precision: str) -> dict[str, Any] | None:
+    """Return the key parts of (model, dataset, split, normalisation, precision), or None if not cacheable."""
+    sha = known_sha256(model)
+    fingerprint = getattr(dataset, "fingerprint", None)
+    transform = getattr(dataset, "transform", getattr(model, "preprocess", None))
+    preprocessing = describe_transform(transform)
+    if sha is None or not fingerprint or preprocessing is None:
+        return None
+    return {"model_sha256": sha, "dataset_fingerprint": str(fingerprint), "split": split or "eval",
+            "num_images": len(dataset), "preprocessing": preprocessing,
+            "normalization": "l2" if normalize else "raw", "precision": precision}
+
+
+def _paths(key: str) -> tuple[Path, Path]:
+    folder = features_dir()
+    return folder / f"{key}.npy", folder / f"{key}.json"
+
+
+def _log(message: str) -> None:
+    print(f"silc-eval: feature cache: {message}", file=sys.stderr, flush=True)
+
+
+def _remove(key: str) -> None:
+    for path in _paths(key):
+        path.unlink(missing_ok=True)
+
+
+def load(key: str) -> np.ndarray | None:
+    """Return the cached array of key after checking it against its metadata, or None.
+
+    None when there is no complete entry. A data file without metadata (a killed write), or
+    one whose size, sha256 or array header disagree with the metadata, is removed (one
+    stderr line) so the caller recomputes.
+    """
+    data_path, meta_path = _paths(key)
+    if not meta_path.exists():
+        if data_path.exists():
+            _log(f"entry {key} has data but no metadata (interrupted write); removing and recomputing")
+            _remove(key)
+        return None
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        blob = data_path.read_bytes()
+        if meta.get("schema") != SCHEMA or len(blob) != meta["bytes"] or hashlib.sha256(blob).hexdigest() != meta["sha256"]:
+            raise ValueError("data does not match its metadata (truncated or corrupt)")
+        array = np.load(io.BytesIO(blob), allow_pickle=False)
+        if list(array.shape) != meta["shape"]:
+            raise ValueError(f"shape {list(array.shape)} != {meta['shape']}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _log(f"entry {key} is unreadable ({exc}); removing and recomputing")
+        _remove(key)
+        STATS["rebuilt"] += 1
+        return None
+    return array
+
+
+def store(key: str, parts: dict[str, Any], array: np.ndarray) -> Path:
+    """Write array and its provenance under key (data first, metadata last, both atomic); returns the data path."""
+    data_path, meta_path = _paths(key)
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    blob = buffer.getvalue()
+    atomic_write_bytes(data_path, blob)
+    atomic_write_json(meta_path, {
+        "schema": SCHEMA, "key": key, "key_parts": parts, "shape": list(array.shape), "dtype": "float32",
+        "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "silc_eval_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    })
+    return data_path
+
+
+def cached(parts: dict[str, Any] | None, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """Return the cached array for key parts, or compute(), store and return it.
+
+    parts None (not cacheable) or the cache switched off: compute() every time, nothing stored.
+    """
+    if parts is None or not enabled():
+        return compute()
+    key = cache_key(parts)
+    array = load(key)
+    if array is not None:
+        STATS["hits"] += 1
+        return array
+    STATS["misses"] += 1
+    array = compute()
+    try:
+        store(key, parts, array)
+    except OSError as exc:  # a read-only or full disk must not fail the evaluation
+        _log(f"could not store entry {key} ({exc}); continuing without caching it")
+    return array
