@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, default=Path("runs/latest"), help="output folder (default: runs/latest)")
     run.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-feature-cache", action="store_true",
+                     help="compute every image feature afresh (default: reuse the feature cache)")
 
     lister = sub.add_parser("list", help="list benchmarks, suites or models")
     lister.add_argument("what", choices=["benchmarks", "suites", "models", "recipes"])
@@ -75,12 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
+    from silc_eval.feature_cache import switched_off
     from silc_eval.registry import resolve_benchmarks, resolve_suite
     from silc_eval.runner import RunConfig, run
 
     benchmarks = resolve_benchmarks(args.benchmark) if args.benchmark else resolve_suite(args.suite or "all")
-    run(RunConfig(benchmarks=benchmarks, models=args.model, output=args.output, data_root=args.data_root,
-                  synthscenes_root=args.synthscenes_root, device=args.device, progress=not args.no_progress))
+    with switched_off(args.no_feature_cache):
+        run(RunConfig(benchmarks=benchmarks, models=args.model, output=args.output, data_root=args.data_root,
+                      synthscenes_root=args.synthscenes_root, device=args.device, progress=not args.no_progress))
     print(f"wrote {args.output}/leaderboard.md, leaderboard.csv, results.csv and records/")
     print((args.output / "leaderboard.md").read_text())
     return 0

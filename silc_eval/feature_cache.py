@@ -27,6 +27,7 @@ import os
 import re
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,9 +53,24 @@ def reset_stats() -> None:
         STATS[name] = 0
 
 
+_FORCED_OFF = False
+
+
 def enabled() -> bool:
-    """Return False when $SILC_EVAL_FEATURE_CACHE is off/0/false/no/disabled, else True."""
-    return os.environ.get(ENV_SWITCH, "on").strip().lower() not in OFF_VALUES
+    """Return False when switched off (`silc-eval run --no-feature-cache`, or $SILC_EVAL_FEATURE_CACHE is
+    off/0/false/no/disabled), else True."""
+    return not _FORCED_OFF and os.environ.get(ENV_SWITCH, "on").strip().lower() not in OFF_VALUES
+
+
+@contextmanager
+def switched_off(off: bool = True):
+    """Context in which the cache is neither read nor written when off is True; yields nothing."""
+    global _FORCED_OFF
+    previous, _FORCED_OFF = _FORCED_OFF, _FORCED_OFF or off
+    try:
+        yield
+    finally:
+        _FORCED_OFF = previous
 
 
 def features_dir() -> Path:

@@ -167,3 +167,18 @@ def test_transform_without_stable_description_is_not_cached(tiny_model, tiny_cla
     encode_images(tiny_model, custom, batch_size=8, progress=False)
     assert computed() == 48
     assert entries(cache_root) == []
+
+
+def test_cli_no_feature_cache_flag_computes_afresh_and_restores_the_cache(tiny_model_dir, tmp_path, monkeypatch):
+    from silc_eval.cli import main
+
+    monkeypatch.delenv(feature_cache.ENV_SWITCH, raising=False)
+    args = ["run", "--benchmark", "synthscenes-zeroshot", "--model", f"local-dir:{tiny_model_dir}", "--no-progress"]
+    assert main(args + ["--output", str(tmp_path / "a")]) == 0
+    feature_cache.reset_stats()
+    assert main(args + ["--output", str(tmp_path / "b"), "--no-feature-cache"]) == 0
+    assert feature_cache.STATS["images_computed"] == 1000 and feature_cache.STATS["hits"] == 0
+    assert feature_cache.enabled()
+    feature_cache.reset_stats()
+    assert main(args + ["--output", str(tmp_path / "c")]) == 0
+    assert feature_cache.STATS["images_computed"] == 0 and feature_cache.STATS["hits"] == 1
