@@ -1,0 +1,283 @@
+"""Trained segmentation heads on a frozen backbone (PROTOCOLS.md sections 5 and 6).
+
+Shared by the open-vocabulary and the linear-probe tasks:
+
+- the training split of a declaration (its `train` block);
+- a cache of frozen features of every training window, computed once under inference mode
+  (each train image resized to the short side, labels with nearest, padded with ignore up
+  to the window if smaller, then cut into the sliding-window boxes of evaluation);
+- a seeded training loop over mini-batches of cached windows (AdamW, poly decay);
+- sliding-window evaluation of a head into a SegmentationMeter;
+- the heads: a residual open-vocabulary decoder (MLP or one transformer layer) and a
+  BatchNorm + 1x1 conv linear probe.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import Subset
+from tqdm import tqdm
+
+from silc_eval.errors import UserError
+from silc_eval.features import autocast_context
+from silc_eval.tasks.dense_inference import (image_normalization, prepare_image, short_side_size, slide_logits,
+                                             window_boxes)
+from silc_eval.tasks.segmentation_metrics import IGNORE_INDEX, SegmentationMeter
+from silc_eval.tasks.zeroshot_segmentation import image_batches
+
+POLY_POWER = 0.9  # mmseg's default poly learning-rate decay
+POSITIVE_INT_PARAMS = ("short_side", "window", "stride", "train_batch_size", "batch_size")
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # windows (N, 3, h, w) -> features (N, gh, gw, D)
+
+
+def check_training_params(params: dict, task: str, min_steps: int = 1) -> None:
+    """Raise a UserError for a non-positive size or learning rate, or fewer than min_steps steps; returns None."""
+    steps = params["steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < min_steps:
+        raise UserError(f"{task}: parameter steps must be an integer >= {min_steps}, got {steps!r}")
+    for key in POSITIVE_INT_PARAMS:
+        value = params[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UserError(f"{task}: parameter {key} must be a positive integer, got {value!r}")
+    cap = params.get("max_train_images")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        raise UserError(f"{task}: parameter max_train_images must be a positive integer or null, got {cap!r}")
+    if not isinstance(params["lr"], (int, float)) or params["lr"] <= 0:
+        raise UserError(f"{task}: parameter lr must be a positive number, got {params['lr']!r}")
+
+
+def train_split(dataset):
+    """Return the training SegmentationDataset of the declaration dataset was built from (its `train` block)."""
+    from silc_eval.data.segmentation import segmentation_dataset
+
+    declaration, root = getattr(dataset, "declaration", None), getattr(dataset, "root", None)
+    if declaration is None or root is None:
+        raise UserError(f"dataset {getattr(dataset, 'name', '?')} carries no declaration to find its training "
+                        f"split; expected an mmseg dataset with a 'train:' block in its benchmark file")
+    return segmentation_dataset(declaration, root, split="train")
+
+
+@dataclass
+class WindowCache:
+    """Frozen features (N, gh, gw, D) of N training windows (float16, CPU) and their labels (N, h, w) (CPU)."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+def training_windows(image: torch.Tensor, label: torch.Tensor, short_side: int, window: int, stride: int,
+                     mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (windows (K, 3, w, w), labels (K, w, w)) of one uint8 image and its label map.
+
+    The image is resized as at evaluation (bilinear), the label with nearest; an image smaller
+    than the window is padded (zeros after normalisation, label ignore) up to it.
+    """
+    x = prepare_image(image, short_side, mean, std)
+    size = short_side_size(label.shape[-2], label.shape[-1], short_side)
+    y = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    pad_h, pad_w = max(window - size[0], 0), max(window - size[1], 0)
+    if pad_h or pad_w:
+        x = F.pad(x, (0, pad_w, 0, pad_h))
+        y = F.pad(y, (0, pad_w, 0, pad_h), value=IGNORE_INDEX)
+    boxes = window_boxes(x.shape[-2], x.shape[-1], window, stride)
+    return (torch.stack([x[:, t:b, l:r] for t, b, l, r in boxes]),
+            torch.stack([y[t:b, l:r] for t, b, l, r in boxes]))
+
+
+def subset_for_training(dataset, max_images: int | None, seed: int):
+    """Return dataset, or a seeded random subset of max_images of its items (kept in dataset order)."""
+    if max_images is None or max_images >= len(dataset):
+        return dataset
+    generator = torch.Generator().manual_seed(seed)
+    return Subset(dataset, torch.randperm(len(dataset), generator=generator)[:max_images].sort().values.tolist())
+
+
+def cache_features(model, dataset, feature_fn: FeatureFn, params: dict, progress: bool = True) -> WindowCache:
+    """Return the WindowCache of every training window of dataset, features from feature_fn without gradients."""
+    mean, std = image_normalization(model)
+    window, device = params["window"], model.device
+    label_dtype = torch.uint8 if dataset.num_classes < IGNORE_INDEX else torch.int16
+    dataset = subset_for_training(dataset, params.get("max_train_images"), params["seed"])
+    features, labels, pending = [], [], []
+
+    def flush() -> None:
+        with torch.inference_mode(), autocast_context(device, params["amp"]):
+            features.append(feature_fn(torch.cat(pending)).to("cpu", torch.float16))
+        pending.clear()
+
+    for items in tqdm(image_batches(dataset, max(1, params["batch_size"] // 4), params["num_workers"]),
+                      disable=not progress, desc="training windows", leave=False):
+        for image, label, _ in items:
+            crops, crop_labels = training_windows(image.to(device), label, params["short_side"], window,
+                                                  params["stride"], mean, std)
+            pending.append(crops)
+            labels.append(crop_labels.to(label_dtype))
+            if sum(len(p) for p in pending) >= params["batch_size"]:
+                flush()
+    if pending:
+        flush()
+    # Concatenated outside inference mode so the cache can feed autograd.
+    return WindowCache(torch.cat(features).clone(), torch.cat(labels))
+
+
+def seeded_module(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
+    """Return build() with its parameters initialised from torch's CPU generator seeded with seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+def window_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Return the cross-entropy of patch logits (B, Q, gh, gw) upsampled bilinearly to labels (B, h, w).
+
+    Pixels labelled ignore (255) do not count; a batch without valid pixels gives a zero loss.
+    """
+    logits = F.interpolate(logits, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+    if not (labels != IGNORE_INDEX).any():
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+
+
+def train_head(head: nn.Module, cache: WindowCache, step_fn: Callable, params: dict, device,
+               progress: bool = True) -> list[float]:
+    """Train head for params['steps'] AdamW steps on seeded mini-batches of cached windows; return the losses.
+
+    step_fn(head, features (B, gh, gw, D) float32, labels (B, h, w) int64) returns the loss
+    of one mini-batch. Mini-batches walk through seeded permutations of the cache.
+    """
+    head.train()
+    parameters = [p for p in head.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=params["lr"], weight_decay=params["weight_decay"])
+    steps, batch = params["steps"], min(params["train_batch_size"], len(cache))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / max(steps, 1)) ** POLY_POWER)
+    generator = torch.Generator().manual_seed(params["seed"])
+    order, position, losses = torch.randperm(len(cache), generator=generator), 0, []
+    for _ in tqdm(range(steps), disable=not progress, desc="train head", leave=False):
+        if position + batch > len(order):
+            order, position = torch.randperm(len(cache), generator=generator), 0
+        index = order[position:position + batch]
+        position += batch
+        features = cache.features[index].to(device, torch.float32)
+        labels = cache.labels[index].to(device, torch.int64)
+        loss = step_fn(head, features, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+    head.eval()
+    return losses
+
+
+def evaluate_head(model, dataset, window_fn: FeatureFn, params: dict, progress: bool = True,
+                  desc: str = "segmentation") -> SegmentationMeter:
+    """Return the SegmentationMeter of argmax predictions of window_fn (windows -> logits (N, C, gh, gw))
+    slid over every image of dataset, as in zero-shot segmentation."""
+    mean, std = image_normalization(model)
+    meter = SegmentationMeter(dataset.num_classes, dataset.ignore_index)
+    for items in tqdm(image_batches(dataset, max(1, params["batch_size"] // 4), params["num_workers"]),
+                      disable=not progress, desc=desc, leave=False):
+        images = [image.to(model.device) for image, _, _ in items]
+        prepared = [prepare_image(image, params["short_side"], mean, std) for image in images]
+        logits = slide_logits(prepared, window_fn, params["window"], params["stride"], params["batch_size"],
+                              output_sizes=[tuple(image.shape[-2:]) for image in images])
+        for window_logits, (_, label, _) in zip(logits, items):
+            meter.update(window_logits.argmax(dim=0).cpu(), label)
+    return meter
+
+
+def frozen_window_fn(model, feature_fn: FeatureFn, head: Callable[[torch.Tensor], torch.Tensor],
+                     amp: bool) -> FeatureFn:
+    """Return a function mapping windows (N, 3, h, w) to head(features) logits (N, C, gh, gw), without gradients."""
+
+    def window_fn(windows: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            with autocast_context(model.device, amp):
+                features = feature_fn(windows)
+            return head(features.float())
+
+    return window_fn
+
+
+# ----------------------------------------------------------------------------- heads
+
+class ResidualMLP(nn.Module):
+    """x + MLP(LayerNorm(x)) on the last dimension; the output layer starts at zero (identity at init)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.norm, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return x plus the residual branch, same shape as x (..., dim)."""
+        return x + self.fc2(F.gelu(self.fc1(self.norm(x))))
+
+
+class ResidualAttention(nn.Module):
+    """One pre-norm transformer layer over the patches of a window; both output projections start at zero."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        heads = max(1, dim // 64)
+        self.norm = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = ResidualMLP(dim, hidden)
+        nn.init.zeros_(self.attn.out_proj.weight)
+        nn.init.zeros_(self.attn.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the layer's output for patch grids x (B, gh, gw, dim), same shape."""
+        batch, gh, gw, dim = x.shape
+        tokens = x.reshape(batch, gh * gw, dim)
+        y = self.norm(tokens)
+        tokens = tokens + self.attn(y, y, y, need_weights=False)[0]
+        return self.mlp(tokens).reshape(batch, gh, gw, dim)
+
+
+DECODERS = {"mlp": ResidualMLP, "transformer": ResidualAttention}
+
+
+class OpenVocabDecoder(nn.Module):
+    """Normalised frozen patch embeddings -> residual blocks -> cosine with class texts x a learned scale.
+
+    The residual blocks start as the identity, so the untrained decoder is zero-shot
+    dense CLIP; the logit scale is learnt in log space from 1 / temperature (capped at 100).
+    """
+
+    def __init__(self, dim: int, hidden: int, layers: int, kind: str = "mlp", temperature: float = 0.07):
+        super().__init__()
+        self.blocks = nn.Sequential(*(DECODERS[kind](dim, hidden) for _ in range(layers)))
+        self.log_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        """Return the decoded, L2-normalised patch embeddings (B, gh, gw, E) of features (B, gh, gw, E)."""
+        return F.normalize(self.blocks(F.normalize(features, dim=-1)), dim=-1)
+
+    def forward(self, features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Return logits (B, Q, gh, gw): scaled cosine of decoded patches with the normalised text rows (Q, E)."""
+        scale = self.log_scale.clamp(max=math.log(100.0)).exp()
+        return scale * torch.einsum("bhwe,qe->bqhw", self.embed(features), F.normalize(text, dim=-1))
+
+
+class LinearProbe(nn.Module):
+    """BatchNorm2d + 1x1 conv on patch tokens: (B, gh, gw, D) -> class logits (B, C, gh, gw)."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.norm, self.conv = nn.BatchNorm2d(dim), nn.Conv2d(dim, num_classes, kernel_size=1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Return the (B, C, gh, gw) logits of patch tokens (B, gh, gw, D)."""
+        return self.conv(self.norm(tokens.permute(0, 3, 1, 2)))
