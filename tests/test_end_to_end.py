@@ -1,4 +1,4 @@
-"""`silc-eval run --suite quick` end to end on the zoo, and the zoo's reference scores."""
+"""`silc-eval run --suite all` end to end on the zoo, and the zoo's reference scores."""
 
 import json
 import math
@@ -13,13 +13,18 @@ from silc_eval.tasks import TASKS
 
 # Reference scores are measured on this machine class; a different BLAS split of the
 # work may flip a handful of near-tied decisions, which is at most a few in a thousand.
+# Tasks that train a head (probes, open-vocabulary and linear segmentation) carry such
+# differences through hundreds of optimiser steps, so they get a wider band.
 REFERENCE_TOLERANCE = 0.003
+TRAINED_HEAD_TOLERANCE = 0.02
+TRAINED_HEAD_TASKS = {"linear_probe", "openvocab_segmentation", "linear_segmentation"}
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    output = tmp_path_factory.mktemp("quick")
-    assert main(["run", "--suite", "quick", "--output", str(output), "--no-progress"]) == 0
+def suite_run(tmp_path_factory):
+    """The zoo on --suite all."""
+    output = tmp_path_factory.mktemp("all")
+    assert main(["run", "--suite", "all", "--output", str(output), "--no-progress"]) == 0
     return output
 
 
@@ -31,50 +36,54 @@ def test_zoo_is_not_empty_and_small():
         assert total <= 10 * 1024 * 1024, f"{entry.name} is {total} bytes"
 
 
-def test_quick_run_writes_records_tables_and_leaderboard(quick_run):
-    benchmarks = [b.name for b in resolve_suite("quick")]
+def test_suite_run_writes_records_tables_and_leaderboard(suite_run):
+    benchmarks = [b.name for b in resolve_suite("all")]
     models = [e.name for e in list_zoo()]
     for model in models:
         for benchmark in benchmarks:
-            record = json.loads((quick_run / "records" / model / f"{benchmark}.json").read_text())
+            record = json.loads((suite_run / "records" / model / f"{benchmark}.json").read_text())
             assert record["model"]["sha256"] == next(e for e in list_zoo() if e.name == model).card["weights"]["sha256"]
             assert len(record["dataset"]["fingerprint"]) == 16
             assert record["protocol"]["batch_size"] > 0
             assert {"torch", "open_clip_torch", "clip-benchmark"} <= set(record["provenance"]["packages"])
             assert record["provenance"]["git_commit"]
             assert record["provenance"]["wall_time_s"] > 0
-    results = pd.read_csv(quick_run / "results.csv")
+    results = pd.read_csv(suite_run / "results.csv")
     assert list(results.columns)[:6] == ["model", "benchmark", "group", "task", "metric", "value"]
     assert set(results["benchmark"]) == set(benchmarks) and set(results["model"]) == set(models)
     assert set(results.loc[results["benchmark"] == "synthscenes-retrieval", "metric"]) == {
         f"{kind}_retrieval_recall@{k}" for kind in ("image", "text") for k in (1, 5, 10)}
-    leaderboard = pd.read_csv(quick_run / "leaderboard.csv", index_col="model")
+    leaderboard = pd.read_csv(suite_run / "leaderboard.csv", index_col="model")
     assert list(leaderboard.columns) == benchmarks + ["mean"]
     assert list(leaderboard.index) == models
     assert leaderboard["mean"].tolist() == pytest.approx(leaderboard[benchmarks].mean(axis=1).tolist())
-    markdown = (quick_run / "leaderboard.md").read_text()
+    markdown = (suite_run / "leaderboard.md").read_text()
     assert "synthscenes-zeroshot (acc1)" in markdown and models[0] in markdown
 
 
-def test_zoo_scores_match_card_reference_scores(quick_run):
+def test_zoo_scores_match_card_reference_scores(suite_run):
     for entry in list_zoo():
         references = reference_scores(entry)
-        for benchmark in resolve_suite("quick"):
-            record = json.loads((quick_run / "records" / entry.name / f"{benchmark.name}.json").read_text())
+        assert entry.card["reference_suite"] == "all"
+        for benchmark in resolve_suite("all"):
+            record = json.loads((suite_run / "records" / entry.name / f"{benchmark.name}.json").read_text())
             expected = references[benchmark.name]
+            assert set(record["metrics"]) == set(expected), (entry.name, benchmark.name)
+            tolerance = TRAINED_HEAD_TOLERANCE if benchmark.task in TRAINED_HEAD_TASKS else REFERENCE_TOLERANCE
             for metric, value in record["metrics"].items():
-                if math.isnan(value):
-                    assert math.isnan(expected[metric])
+                if value is None or math.isnan(value):
+                    assert expected[metric] is None or math.isnan(expected[metric]), (entry.name, metric)
                 else:
-                    assert value == pytest.approx(expected[metric], abs=REFERENCE_TOLERANCE), (entry.name, metric)
+                    assert value == pytest.approx(expected[metric], abs=tolerance), (entry.name, benchmark.name,
+                                                                                     metric)
 
 
-def test_zoo_checkpoints_score_above_chance(quick_run):
+def test_zoo_checkpoints_score_above_chance(suite_run):
     # Every zoo model beats chance by more than four standard deviations of a guesser's
     # accuracy; the baseline CLIP (the spine's first checkpoint) clearly so.
     for entry in list_zoo():
-        zeroshot = json.loads((quick_run / "records" / entry.name / "synthscenes-zeroshot.json").read_text())
-        retrieval = json.loads((quick_run / "records" / entry.name / "synthscenes-retrieval.json").read_text())
+        zeroshot = json.loads((suite_run / "records" / entry.name / "synthscenes-zeroshot.json").read_text())
+        retrieval = json.loads((suite_run / "records" / entry.name / "synthscenes-retrieval.json").read_text())
         n_classes, n_images = 10, retrieval["dataset"]["size"]
         chance = 1 / n_classes
         margin = 4 * math.sqrt(chance * (1 - chance) / zeroshot["dataset"]["size"])
@@ -83,3 +92,19 @@ def test_zoo_checkpoints_score_above_chance(quick_run):
         assert retrieval["metrics"]["text_retrieval_recall@1"] > 20 / n_images, entry.name
         if entry.card["training"]["recipe"] == "clip":
             assert zeroshot["metrics"]["acc1"] > 3 * chance
+
+
+def test_zoo_segmentation_scores_are_above_trivial_baselines(suite_run):
+    # A constant prediction of the most frequent class gives IoU > 0 for that class only, i.e.
+    # mIoU <= 1/15 on the 15 SynthScenes classes; every zoo model must beat that with a trained-free
+    # variant and with the linear probe, and the open-vocabulary decoder must keep its seen classes.
+    for entry in list_zoo():
+        def metrics(benchmark):
+            return json.loads((suite_run / "records" / entry.name / f"{benchmark}.json").read_text())["metrics"]
+
+        constant = 1 / 15
+        assert metrics("synthscenes-zeroshot-seg-maskclip")["mIoU"] > 2 * constant, entry.name
+        assert metrics("synthscenes-linear-seg")["mIoU"] > 4 * constant, entry.name
+        openvocab = metrics("synthscenes-openvocab-seg")
+        assert openvocab["mIoU_seen"] > 4 * constant, entry.name
+        assert set(openvocab) >= {"hIoU", "mIoU_seen", "mIoU_unseen", "IoU.star", "IoU.crescent"}
