@@ -35,10 +35,40 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--synthscenes-root", type=Path, default=None,
                      help="folder holding synthscenes/ (default: generated once into the cache)")
     run.add_argument("--output", type=Path, default=Path("runs/latest"), help="output folder (default: runs/latest)")
-    run.add_argument("--device", default="cpu", help="cpu or cuda[:N] (default: cpu)")
+    run.add_argument("--device", default="cpu",
+                     help="cpu or cuda[:N] (default: cpu; under torchrun, cuda is each rank's local GPU)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-feature-cache", action="store_true",
                      help="compute every image feature afresh (default: reuse the feature cache)")
+    run.add_argument("--force", action="store_true",
+                     help="recompute every record (default: keep records whose inputs are unchanged)")
+
+    check = sub.add_parser("check", help="compare a run's records with reference scores; exit 1 on a regression")
+    check.add_argument("results", type=Path, metavar="RESULTS_DIR", help="a 'silc-eval run' output folder")
+    source = check.add_mutually_exclusive_group()
+    source.add_argument("--reference", type=Path, default=None, metavar="FILE",
+                        help="CSV or YAML of reference scores (default: the zoo cards' reference_scores)")
+    source.add_argument("--published", action="store_true", help="compare with model_zoo/published.yaml")
+    check.add_argument("--tolerance", action="append", default=[], metavar="[[SCOPE:]METRIC=]VALUE",
+                       help="allowed drop, a fraction or pp (default 0.003 = 0.3pp); METRIC and SCOPE "
+                            "(benchmark, task or group) are globs; repeatable, the last match wins")
+    check.add_argument("--match", action="append", default=[], metavar="RECORD_MODEL=REFERENCE_MODEL",
+                       help="compare a record model with a reference of another name, e.g. a published "
+                            "'method (backbone)' (repeatable)")
+    check.add_argument("--strict", action="store_true",
+                       help="fail on a malformed or foreign record file (default: name it and skip it)")
+
+    report = sub.add_parser("report", help="write grouped tables and report.html from a results folder's records")
+    report.add_argument("results", type=Path, metavar="RESULTS_DIR", help="a folder written by 'silc-eval run'")
+    report.add_argument("--baseline", default=None, metavar="MODEL",
+                        help="show every score's difference to this model, in percentage points")
+    report.add_argument("--format", default="md,csv,html", help="comma-separated subset of md,csv,html (default: all)")
+    report.add_argument("--with-published", action="store_true",
+                        help="add published numbers (model_zoo/published.yaml) as marked rows")
+    report.add_argument("--published", type=Path, default=None, metavar="FILE",
+                        help="another published-numbers YAML (implies --with-published)")
+    report.add_argument("--strict", action="store_true",
+                        help="fail on a malformed or foreign JSON under records/ instead of skipping it")
 
     lister = sub.add_parser("list", help="list benchmarks, suites or models")
     lister.add_argument("what", choices=["benchmarks", "suites", "models", "recipes"])
@@ -77,16 +107,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
+    from silc_eval import eval_distributed
     from silc_eval.feature_cache import switched_off
     from silc_eval.registry import resolve_benchmarks, resolve_suite
-    from silc_eval.runner import RunConfig, run
+    from silc_eval.runner import RunConfig, check_device, run
 
     benchmarks = resolve_benchmarks(args.benchmark) if args.benchmark else resolve_suite(args.suite or "all")
-    with switched_off(args.no_feature_cache):
+    check_device(args.device)
+    # Under torchrun: shard the work over the ranks; only rank 0 writes and prints.
+    with eval_distributed.session(args.device) as device, switched_off(args.no_feature_cache):
+        main = eval_distributed.is_main()
         run(RunConfig(benchmarks=benchmarks, models=args.model, output=args.output, data_root=args.data_root,
-                      synthscenes_root=args.synthscenes_root, device=args.device, progress=not args.no_progress))
+                      synthscenes_root=args.synthscenes_root, device=device,
+                      progress=not args.no_progress and main, force=args.force))
+    if not main:
+        return 0
     print(f"wrote {args.output}/leaderboard.md, leaderboard.csv, results.csv and records/")
     print((args.output / "leaderboard.md").read_text())
+    return 0
+
+
+def cmd_check(args) -> int:
+    from silc_eval.check import run_check
+
+    outcome = run_check(args.results, reference=args.reference, published=args.published,
+                        tolerances=args.tolerance, matches=args.match, strict=args.strict)
+    print(outcome.text)
+    return outcome.exit_code
+
+
+def cmd_report(args) -> int:
+    from silc_eval.report.published import load_published
+    from silc_eval.report.write import parse_formats, write_reports
+
+    formats = parse_formats(args.format)
+    published = load_published(args.published) if (args.with_published or args.published) else ()
+    written = write_reports(args.results, baseline=args.baseline, formats=formats, published=published,
+                            strict=args.strict)
+    print(f"wrote {', '.join(str(path) for path in written.values())}")
     return 0
 
 
@@ -155,7 +213,8 @@ def cmd_train(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "data": cmd_data, "train": cmd_train}
+COMMANDS = {"run": cmd_run, "report": cmd_report, "check": cmd_check, "list": cmd_list, "data": cmd_data,
+            "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
-from silc_eval import __version__
+from silc_eval import __version__, eval_distributed
 from silc_eval.io import atomic_write_bytes, atomic_write_json
 from silc_eval.paths import cache_dir
 
@@ -177,9 +178,12 @@ def cached(parts: dict[str, Any] | None, compute: Callable[[], np.ndarray]) -> n
     """Return the cached array for key parts, or compute(), store and return it.
 
     parts None (not cacheable) or the cache switched off: compute() every time, nothing stored.
+    Under torchrun see cached_sharded.
     """
     if parts is None or not enabled():
         return compute()
+    if eval_distributed.active():
+        return cached_sharded(parts, compute)
     key = cache_key(parts)
     array = load(key)
     if array is not None:
@@ -191,4 +195,28 @@ def cached(parts: dict[str, Any] | None, compute: Callable[[], np.ndarray]) -> n
         store(key, parts, array)
     except OSError as exc:  # a read-only or full disk must not fail the evaluation
         _log(f"could not store entry {key} ({exc}); continuing without caching it")
+    return array
+
+
+def cached_sharded(parts: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """Return, on every rank of a torchrun job, the cached array for key parts or the result of compute().
+
+    Only rank 0 touches the cache: it looks the entry up and tells every rank whether it hit; on a
+    hit it sends the array to every rank, on a miss every rank calls compute() (which shards the
+    work and gathers the full array on every rank) and rank 0 stores the result. So all ranks
+    agree on hit or miss, and no rank reads a file while another writes it.
+    """
+    key = cache_key(parts)
+    array = load(key) if eval_distributed.is_main() else None
+    if eval_distributed.broadcast_object(array is not None):
+        STATS["hits"] += 1
+        sent = eval_distributed.broadcast_tensor(torch.from_numpy(array) if array is not None else None)
+        return sent.numpy()
+    STATS["misses"] += 1
+    array = compute()
+    if eval_distributed.is_main():
+        try:
+            store(key, parts, array)
+        except OSError as exc:
+            _log(f"could not store entry {key} ({exc}); continuing without caching it")
     return array

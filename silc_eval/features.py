@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from silc_eval import feature_cache
+from silc_eval import eval_distributed, feature_cache
 
 
 class _ImagesOnly(Dataset):
@@ -35,15 +35,21 @@ def autocast_context(device: str | torch.device, amp: bool):
 
 def compute_image_features(model, dataset: Dataset, batch_size: int = 256, num_workers: int = 0, amp: bool = False,
                            progress: bool = True, desc: str = "images", normalize: bool = True) -> torch.Tensor:
-    """Return float32 image embeddings (N, D) on the CPU in dataset order, always running the model (no cache)."""
-    loader = DataLoader(_ImagesOnly(dataset), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    """Return float32 image embeddings (N, D) on the CPU in dataset order, always running the model (no cache).
+
+    Under torchrun (silc_eval.eval_distributed on) each rank encodes its block of whole batches and
+    every rank gets all N rows back in dataset order.
+    """
+    shard = eval_distributed.shard_dataset(_ImagesOnly(dataset), batch_size)
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=model.device.type == "cuda")
     chunks = []
     with torch.inference_mode(), autocast_context(model.device, amp):
         for images in tqdm(loader, desc=f"encode {desc}", disable=not progress, leave=False):
             chunks.append(model.encode_image(images.to(model.device, non_blocking=True), normalize=normalize).float().cpu())
             feature_cache.STATS["images_computed"] += len(images)
-    return torch.cat(chunks)
+    local = torch.cat(chunks) if chunks else torch.empty(0)
+    return eval_distributed.gather_in_order(local, len(dataset))
 
 
 def encode_images(model, dataset: Dataset, batch_size: int = 256, num_workers: int = 0, amp: bool = False,
@@ -67,10 +73,16 @@ def encode_images(model, dataset: Dataset, batch_size: int = 256, num_workers: i
 
 def encode_texts(model, texts: Sequence[str], batch_size: int = 1024, amp: bool = False,
                  progress: bool = False, desc: str = "texts") -> torch.Tensor:
-    """Return L2-normalised float32 text embeddings (N, D) on the CPU, in input order."""
+    """Return L2-normalised float32 text embeddings (N, D) on the CPU, in input order.
+
+    Under torchrun each rank encodes its block of whole batches and every rank gets all N rows.
+    """
+    shard = eval_distributed.shard_indices(len(texts), batch_size)
     chunks = []
     with torch.inference_mode(), autocast_context(model.device, amp):
-        for start in tqdm(range(0, len(texts), batch_size), desc=f"encode {desc}", disable=not progress, leave=False):
-            tokens = model.tokenize(texts[start:start + batch_size]).to(model.device)
+        for start in tqdm(range(shard.start, shard.stop, batch_size), desc=f"encode {desc}", disable=not progress,
+                          leave=False):
+            tokens = model.tokenize(list(texts[start:min(start + batch_size, shard.stop)])).to(model.device)
             chunks.append(model.encode_text(tokens, normalize=True).float().cpu())
-    return torch.cat(chunks)
+    local = torch.cat(chunks) if chunks else torch.empty(0)
+    return eval_distributed.gather_in_order(local, len(texts))

@@ -36,8 +36,9 @@ def leaderboard_table(records: Sequence[dict[str, Any]], model_order: Sequence[s
     """
     scores: dict[str, dict[str, float]] = {}
     for record in records:
-        value = record["metrics"].get(record["benchmark"]["main_metric"], math.nan)
-        scores.setdefault(record["model"]["name"], {})[record["benchmark"]["name"]] = 100.0 * value
+        value = record["metrics"].get(record["benchmark"]["main_metric"])
+        scores.setdefault(record["model"]["name"], {})[record["benchmark"]["name"]] = (
+            math.nan if value is None else 100.0 * value)
     models = list(model_order) if model_order else sorted(scores)
     models += sorted(set(scores) - set(models))
     benchmarks = list(benchmark_order) if benchmark_order else sorted({b for s in scores.values() for b in s})
@@ -46,19 +47,3 @@ def leaderboard_table(records: Sequence[dict[str, Any]], model_order: Sequence[s
                          index=pd.Index([m for m in models if m in scores], name="model"), columns=benchmarks)
     table[MEAN_COLUMN] = table[benchmarks].mean(axis=1, skipna=True)
     return table
-
-
-def main_metric_labels(records: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """Return {benchmark: main metric name} from records."""
-    return {r["benchmark"]["name"]: r["benchmark"]["main_metric"] for r in records}
-
-
-def to_markdown(table: pd.DataFrame, labels: dict[str, str] | None = None, digits: int = 2) -> str:
-    """Return a GitHub-flavoured Markdown table of a leaderboard (index as first column)."""
-    labels = labels or {}
-    header = [table.index.name or ""] + [f"{c} ({labels[c]})" if c in labels else str(c) for c in table.columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([" --- "] + [" ---: "] * len(table.columns)) + "|"]
-    for name, row in table.iterrows():
-        cells = ["—" if pd.isna(v) else f"{v:.{digits}f}" for v in row]
-        lines.append("| " + " | ".join([str(name)] + cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -1,25 +1,91 @@
-"""Write the report files of a run folder: results.csv, leaderboard.csv and leaderboard.md."""
+"""Write the report files of a results folder from its records (CSV, Markdown, HTML), atomically.
+
+csv:  results.csv (every metric, raw fractions), leaderboard.csv (rows x benchmarks + mean, in %),
+      groups.csv (compute columns, one mean per group, mean), deltas.csv (with a baseline: pp)
+md:   leaderboard.md        html: report.html (self-contained)
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
+import pandas as pd
+
+from silc_eval.errors import UserError
 from silc_eval.io import atomic_write_text
-from silc_eval.report.tables import leaderboard_table, main_metric_labels, results_table, to_markdown
-from silc_eval.results import read_records
+from silc_eval.report.build import Report, build_report
+from silc_eval.report.records import load_result_records, warn_stderr
+from silc_eval.report.tables import MEAN_COLUMN, results_table
+
+FORMATS = ("md", "csv", "html")
+FILES = {"results_csv": "results.csv", "leaderboard_csv": "leaderboard.csv", "groups_csv": "groups.csv",
+         "deltas_csv": "deltas.csv", "leaderboard_md": "leaderboard.md", "report_html": "report.html"}
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """Return the formats of a comma-separated --format value; an unknown one is a UserError."""
+    formats = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise UserError(f"unknown report format '{unknown[0] if unknown else text}'; expected a comma-separated "
+                        f"subset of {','.join(FORMATS)}")
+    return formats
+
+
+def with_source_column(report: Report, table: pd.DataFrame) -> pd.DataFrame:
+    """Return table with a leading 'source' column when published rows are present (else table unchanged)."""
+    if not report.published_rows:
+        return table
+    sources = [report.published_rows[r].source if report.is_published(r) else report.sources[r] for r in table.index]
+    return pd.concat([pd.DataFrame({"source": sources}, index=table.index), table], axis=1)
+
+
+def csv_tables(report: Report) -> dict[str, pd.DataFrame]:
+    """Return {file key: table} for leaderboard.csv, groups.csv and (with a baseline) deltas.csv."""
+    leaderboard = report.scores.copy()
+    leaderboard[MEAN_COLUMN] = report.mean()
+    compute = report.compute.copy()
+    compute["images_seen"] = compute["images_seen"].round().astype("Int64")
+    groups = pd.concat([compute, report.group_means()], axis=1)
+    groups[MEAN_COLUMN] = report.mean()
+    tables = {"leaderboard_csv": with_source_column(report, leaderboard),
+              "groups_csv": with_source_column(report, groups)}
+    deltas = report.deltas()
+    if deltas is not None:
+        tables["deltas_csv"] = with_source_column(report, deltas)
+    return tables
 
 
 def write_reports(output: Path, model_order: Sequence[str] | None = None,
-                  benchmark_order: Sequence[str] | None = None) -> dict[str, Path]:
-    """Build every table from the records under output and write them atomically; returns {kind: path}."""
+                  benchmark_order: Sequence[str] | None = None, baseline: str | None = None,
+                  formats: Sequence[str] = FORMATS, published=(), strict: bool = False,
+                  warn: Callable[[str], None] = warn_stderr) -> dict[str, Path]:
+    """Build the report from the records under output and write the asked formats there; returns {kind: path}.
+
+    A stale deltas.csv is removed when no baseline is given, so no file contradicts the others.
+    """
     output = Path(output)
-    records = read_records(output)
-    leaderboard = leaderboard_table(records, model_order, benchmark_order)
-    paths = {"results_csv": output / "results.csv", "leaderboard_csv": output / "leaderboard.csv",
-             "leaderboard_md": output / "leaderboard.md"}
-    atomic_write_text(paths["results_csv"], results_table(records).to_csv(index=False, float_format="%.6f"))
-    atomic_write_text(paths["leaderboard_csv"], leaderboard.to_csv(float_format="%.4f"))
-    title = "# silc-eval leaderboard\n\nMain metric of each benchmark, in %; `mean` is their average.\n\n"
-    atomic_write_text(paths["leaderboard_md"], title + to_markdown(leaderboard, main_metric_labels(records)))
-    return paths
+    records = load_result_records(output, strict=strict, warn=warn)
+    report = build_report(records, model_order, benchmark_order, baseline, published, warn)
+    written: dict[str, Path] = {}
+
+    def put(key: str, text: str) -> None:
+        written[key] = output / FILES[key]
+        atomic_write_text(written[key], text)
+
+    if "csv" in formats:
+        put("results_csv", results_table(records).to_csv(index=False, float_format="%.6f"))
+        for key, table in csv_tables(report).items():
+            put(key, table.to_csv(float_format="%.4f"))
+        if baseline is None:
+            (output / FILES["deltas_csv"]).unlink(missing_ok=True)
+    if "md" in formats:
+        from silc_eval.report.markdown import render_markdown
+
+        put("leaderboard_md", render_markdown(report))
+    if "html" in formats:
+        from silc_eval.report.html import render_html
+
+        put("report_html", render_html(report))
+    return written

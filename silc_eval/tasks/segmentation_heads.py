@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from silc_eval import eval_distributed
 from silc_eval.errors import UserError
 from silc_eval.features import autocast_context
 from silc_eval.tasks.dense_inference import (image_normalization, prepare_image, short_side_size, slide_logits,
                                              window_boxes)
 from silc_eval.tasks.segmentation_metrics import IGNORE_INDEX, SegmentationMeter
-from silc_eval.tasks.zeroshot_segmentation import image_batches
+from silc_eval.tasks.zeroshot_segmentation import image_batches, sum_over_ranks
 
 POLY_POWER = 0.9  # mmseg's default poly learning-rate decay
 POSITIVE_INT_PARAMS = ("short_side", "window", "stride", "train_batch_size", "batch_size")
@@ -103,16 +104,24 @@ def subset_for_training(dataset, max_images: int | None, seed: int):
 
 
 def cache_features(model, dataset, feature_fn: FeatureFn, params: dict, progress: bool = True) -> WindowCache:
-    """Return the WindowCache of every training window of dataset, features from feature_fn without gradients."""
+    """Return the WindowCache of every training window of dataset, features from feature_fn without gradients.
+
+    Under torchrun every rank cuts all windows (cheap) but runs feature_fn only on its round-robin
+    share of the window batches, so each batch is the one a single process would form; every rank
+    then holds all features in order (and trains the same seeded head on them).
+    """
     mean, std = image_normalization(model)
     window, device = params["window"], model.device
     label_dtype = torch.uint8 if dataset.num_classes < IGNORE_INDEX else torch.int16
     dataset = subset_for_training(dataset, params.get("max_train_images"), params["seed"])
     features, labels, pending = [], [], []
+    flushed = [0]
 
     def flush() -> None:
-        with torch.inference_mode(), autocast_context(device, params["amp"]):
-            features.append(feature_fn(torch.cat(pending)).to("cpu", torch.float16))
+        if eval_distributed.owns(flushed[0]):
+            with torch.inference_mode(), autocast_context(device, params["amp"]):
+                features.append(feature_fn(torch.cat(pending)).to("cpu", torch.float16))
+        flushed[0] += 1
         pending.clear()
 
     for items in tqdm(image_batches(dataset, max(1, params["batch_size"] // 4), params["num_workers"]),
@@ -126,6 +135,7 @@ def cache_features(model, dataset, feature_fn: FeatureFn, params: dict, progress
                 flush()
     if pending:
         flush()
+    features = eval_distributed.gather_chunks(features, flushed[0])
     # Concatenated outside inference mode so the cache can feed autograd.
     return WindowCache(torch.cat(features).clone(), torch.cat(labels))
 
@@ -182,18 +192,20 @@ def train_head(head: nn.Module, cache: WindowCache, step_fn: Callable, params: d
 def evaluate_head(model, dataset, window_fn: FeatureFn, params: dict, progress: bool = True,
                   desc: str = "segmentation") -> SegmentationMeter:
     """Return the SegmentationMeter of argmax predictions of window_fn (windows -> logits (N, C, gh, gw))
-    slid over every image of dataset, as in zero-shot segmentation."""
+    slid over every image of dataset, as in zero-shot segmentation (under torchrun: each rank its block of
+    whole image batches, meters summed over ranks)."""
     mean, std = image_normalization(model)
     meter = SegmentationMeter(dataset.num_classes, dataset.ignore_index)
-    for items in tqdm(image_batches(dataset, max(1, params["batch_size"] // 4), params["num_workers"]),
-                      disable=not progress, desc=desc, leave=False):
+    images_per_step = max(1, params["batch_size"] // 4)
+    for items in tqdm(image_batches(eval_distributed.shard_dataset(dataset, images_per_step), images_per_step,
+                                    params["num_workers"]), disable=not progress, desc=desc, leave=False):
         images = [image.to(model.device) for image, _, _ in items]
         prepared = [prepare_image(image, params["short_side"], mean, std) for image in images]
         logits = slide_logits(prepared, window_fn, params["window"], params["stride"], params["batch_size"],
                               output_sizes=[tuple(image.shape[-2:]) for image in images])
         for window_logits, (_, label, _) in zip(logits, items):
             meter.update(window_logits.argmax(dim=0).cpu(), label)
-    return meter
+    return sum_over_ranks(meter)
 
 
 def frozen_window_fn(model, feature_fn: FeatureFn, head: Callable[[torch.Tensor], torch.Tensor],

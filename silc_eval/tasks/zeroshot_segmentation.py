@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from silc_eval import eval_distributed
 from silc_eval.features import autocast_context, encode_texts
 from silc_eval.models.dense import check_variant, dense_features
 from silc_eval.tasks.dense_inference import image_normalization, prepare_image, slide_logits
@@ -112,16 +113,27 @@ def image_batches(dataset, batch_size: int, num_workers: int) -> DataLoader:
                       collate_fn=lambda items: items)
 
 
+def sum_over_ranks(meter: SegmentationMeter) -> SegmentationMeter:
+    """Return meter after adding every rank's confusion counts into it (exact integer sums; no-op for one process)."""
+    meter.matrix = eval_distributed.all_reduce_sum(meter.matrix)
+    meter.stray_label = eval_distributed.all_reduce_sum(meter.stray_label)
+    return meter
+
+
 def evaluate(model, dataset, params: dict, progress: bool = True) -> dict[str, float | None]:
-    """Return mIoU, mAcc, aAcc (fractions) and per-class IoU of zero-shot segmentation on a SegmentationDataset."""
+    """Return mIoU, mAcc, aAcc (fractions) and per-class IoU of zero-shot segmentation on a SegmentationDataset.
+
+    Under torchrun each rank segments its block of whole image batches; the meters are summed.
+    """
     check_variant(params["variant"])
     text, query_class = query_embeddings(model, dataset.classes, dataset.templates, amp=params["amp"])
     meter = SegmentationMeter(dataset.num_classes, dataset.ignore_index)
     images_per_step = max(1, params["batch_size"] // 4)
-    for items in tqdm(image_batches(dataset, images_per_step, params["num_workers"]), disable=not progress,
+    shard = eval_distributed.shard_dataset(dataset, images_per_step)
+    for items in tqdm(image_batches(shard, images_per_step, params["num_workers"]), disable=not progress,
                       desc="zero-shot segmentation", leave=False):
         predictions = segment(model, [image for image, _, _ in items], text, query_class, dataset.num_classes,
                               params)
         for prediction, (_, label, _) in zip(predictions, items):
             meter.update(prediction.cpu(), label)
-    return metrics_from_meter(meter, dataset.class_names)
+    return metrics_from_meter(sum_over_ranks(meter), dataset.class_names)

@@ -1,0 +1,297 @@
+"""`silc-eval check`: compare the records of a run with reference scores and flag regressions.
+
+Every (model, benchmark, metric) of the records is compared with its reference score. A score
+lower than its reference by more than the tolerance is a regression (exit code 1); higher by more
+than the tolerance, an improvement; metrics named `*_std` (a spread over seeds, no better
+direction) that move beyond the tolerance are `changed`. Neither of those two fails the check.
+References without a result and results without a reference are listed as missing.
+
+Tolerances are absolute, in the records' units (fractions): `0.003` or `0.3pp` is 0.3
+percentage points. `--tolerance VALUE` sets the default (0.003); `--tolerance PATTERN=VALUE`
+sets it for metrics matching PATTERN, a glob over the metric name (`mIoU`, `acc1*`) or
+`SCOPE:METRIC` where SCOPE is a glob over the benchmark name, its task or its group
+(`linear_probe:*`, `synthscenes-linear-seg:mIoU`). The last matching PATTERN wins; then a
+reference file's own `tolerance` column; then the default.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from silc_eval.errors import UserError
+from silc_eval.references import Reference, parse_fraction, published_references, read_reference_file, zoo_references
+from silc_eval.report.records import load_result_records, warn_stderr
+
+DEFAULT_TOLERANCE = 0.003
+TWO_SIDED_METRICS = ("*_std",)
+STATUS_ORDER = ("regression", "changed", "improvement", "missing result", "missing reference", "ok")
+ALL = "*"
+
+
+# ----------------------------------------------------------------------------- tolerances
+
+@dataclass(frozen=True)
+class Tolerances:
+    """The default tolerance and the per-metric rules (scope glob or None, metric glob, value), in order."""
+
+    default: float = DEFAULT_TOLERANCE
+    rules: tuple[tuple[str | None, str, float], ...] = ()
+
+    def for_score(self, benchmark: str, task: str, group: str, metric: str, row_tolerance: float | None) -> float:
+        """Return the tolerance of one score: last matching rule, else the reference row's, else the default."""
+        for scope, pattern, value in reversed(self.rules):
+            in_scope = scope is None or any(fnmatchcase(name, scope) for name in (benchmark, task, group))
+            if in_scope and fnmatchcase(metric, pattern):
+                return value
+        return self.default if row_tolerance is None else row_tolerance
+
+
+def parse_tolerances(values: Sequence[str]) -> Tolerances:
+    """Return the Tolerances of --tolerance values (VALUE or [SCOPE:]METRIC=VALUE); a bad one is a UserError."""
+    default, rules = DEFAULT_TOLERANCE, []
+    for text in values:
+        where = f"--tolerance {text}"
+        if "=" not in text:
+            default = parse_fraction(text, where, allow_nan=False)
+            continue
+        pattern, _, value = text.rpartition("=")
+        scope, _, metric = pattern.rpartition(":") if ":" in pattern else (None, "", pattern)
+        if not metric.strip() or (scope is not None and not scope.strip()):
+            raise UserError(f"{where}: expected VALUE or [SCOPE:]METRIC=VALUE, e.g. 0.3pp, mIoU=0.01, "
+                            f"linear_probe:*=0.02")
+        rules.append((scope.strip() if scope is not None else None, metric.strip(),
+                      parse_fraction(value, where, allow_nan=False)))
+    return Tolerances(default, tuple(rules))
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class Score:
+    """One metric of one record."""
+
+    model: str
+    model_sha256: str
+    benchmark: str
+    task: str
+    group: str
+    metric: str
+    value: float
+
+
+def read_scores(results_dir: Path, strict: bool = False,
+                warn: Callable[[str], None] = warn_stderr) -> list[Score]:
+    """Return the scores (one per metric) of every valid record under results_dir/records.
+
+    A malformed or foreign JSON is named through warn and skipped, or is a UserError when strict.
+    """
+    scores = []
+    for record in load_result_records(results_dir, strict=strict, warn=warn):
+        model, benchmark = record["model"], record["benchmark"]
+        for metric, value in sorted(record["metrics"].items()):
+            scores.append(Score(model["name"], model["sha256"], benchmark["name"], benchmark["task"],
+                                benchmark["group"], metric, math.nan if value is None else float(value)))
+    return scores
+
+
+# ----------------------------------------------------------------------------- comparison
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the check table."""
+
+    status: str
+    model: str
+    benchmark: str
+    metric: str
+    reference: float | None = None
+    result: float | None = None
+    tolerance: float | None = None
+    note: str = ""
+
+
+def classify(metric: str, reference: float, result: float, tolerance: float) -> str:
+    """Return 'ok', 'regression', 'improvement' or 'changed' for one score against its reference."""
+    if math.isnan(reference) or math.isnan(result):
+        if math.isnan(reference) and math.isnan(result):
+            return "ok"
+        return "regression" if math.isnan(result) else "changed"
+    delta = result - reference
+    if abs(delta) <= tolerance + 1e-12:
+        return "ok"
+    if any(fnmatchcase(metric, p) for p in TWO_SIDED_METRICS):
+        return "changed"
+    return "improvement" if delta > 0 else "regression"
+
+
+def reference_models(scores: Sequence[Score],
+                     references: Sequence[Reference]) -> dict[tuple[str, str], tuple[str | None, str]]:
+    """Return {(record model name, sha256): (reference model name or None, note)} for the scores' models.
+
+    A reference pinned to a sha256 matches records with those weights, whatever their name; a
+    record named like a pinned reference but with other weights matches nothing (the note says so).
+    """
+    by_sha = {r.model_sha256: r.model for r in references if r.model_sha256}
+    pinned = {r.model for r in references if r.model_sha256}
+    found = {}
+    for score in scores:
+        key = (score.model, score.model_sha256)
+        if key in found:
+            continue
+        if score.model_sha256 in by_sha:
+            found[key] = (by_sha[score.model_sha256], "")
+        elif score.model in pinned:
+            found[key] = (None, "weights differ from the reference's sha256")
+        else:
+            found[key] = (score.model, "")
+    return found
+
+
+def _count(n: int, noun: str) -> str:
+    """Return 'n noun' with the noun in the plural unless n is 1."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _missing_rows(status: str, keys: Iterable[tuple[str, str, str]], present_models: set[str],
+                  present_pairs: set[tuple[str, str]], notes: dict[str, str]) -> list[Row]:
+    """Return rows for missing (model, benchmark, metric) keys, one per absent model or benchmark.
+
+    notes: {model: why} appended to that model's rows.
+    """
+    by_model: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for model, benchmark, metric in keys:
+        by_model[model].append((benchmark, metric))
+    rows = []
+    for model, items in sorted(by_model.items()):
+        why = f"; {notes[model]}" if notes.get(model) else ""
+        if model not in present_models:
+            benchmarks = {b for b, _ in items}
+            rows.append(Row(status, model, ALL, ALL,
+                            note=f"{_count(len(benchmarks), 'benchmark')}, {_count(len(items), 'score')}{why}"))
+            continue
+        per_benchmark: dict[str, list[str]] = defaultdict(list)
+        for benchmark, metric in items:
+            per_benchmark[benchmark].append(metric)
+        for benchmark, metrics in sorted(per_benchmark.items()):
+            if (model, benchmark) not in present_pairs:
+                rows.append(Row(status, model, benchmark, ALL, note=_count(len(metrics), "metric") + why))
+            else:
+                rows.extend(Row(status, model, benchmark, metric, note=why[2:]) for metric in sorted(metrics))
+    return rows
+
+
+def compare(scores: Sequence[Score], references: Sequence[Reference], tolerances: Tolerances) -> list[Row]:
+    """Return one row per compared score plus rows for the missing ones, in STATUS_ORDER then name order."""
+    refs = {(r.model, r.benchmark, r.metric): r for r in references}
+    ref_models, ref_pairs = {r.model for r in references}, {(r.model, r.benchmark) for r in references}
+    identity = reference_models(scores, references)
+    matched, unmatched, notes, rows = set(), [], {}, []
+    for score in scores:
+        model, note = identity[(score.model, score.model_sha256)]
+        ref = refs.get((model, score.benchmark, score.metric))
+        if ref is None:
+            unmatched.append((score.model, score.benchmark, score.metric))
+            notes[score.model] = note
+            continue
+        matched.add((ref.model, ref.benchmark, ref.metric))
+        tolerance = tolerances.for_score(score.benchmark, score.task, score.group, score.metric, ref.tolerance)
+        shown = ref.model if ref.model == score.model else f"{score.model} (as {ref.model})"
+        rows.append(Row(classify(score.metric, ref.value, score.value, tolerance), shown, score.benchmark,
+                        score.metric, ref.value, score.value, tolerance))
+    mapped = [(identity[(s.model, s.model_sha256)][0], s) for s in scores]
+    rows += _missing_rows("missing result", (k for k in refs if k not in matched), {m for m, _ in mapped},
+                          {(m, s.benchmark) for m, s in mapped}, {})
+    rows += _missing_rows("missing reference", unmatched, {s.model for m, s in mapped if m in ref_models},
+                          {(s.model, s.benchmark) for m, s in mapped if (m, s.benchmark) in ref_pairs},
+                          {name: note for name, note in notes.items() if note})
+    return sorted(rows, key=lambda r: (STATUS_ORDER.index(r.status), r.model, r.benchmark, r.metric))
+
+
+# ----------------------------------------------------------------------------- the table
+
+def _percent(value: float | None, signed: bool = False) -> str:
+    """Return a fraction as a percentage with two decimals ('' for None)."""
+    if value is None:
+        return ""
+    return "nan" if math.isnan(value) else f"{100 * value:{'+' if signed else ''}.2f}"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """Return rows as an aligned text table (values in %, delta and tolerance in percentage points)."""
+    header = ("status", "model", "benchmark", "metric", "reference %", "result %", "delta pp", "tol pp", "note")
+    lines = [header]
+    for row in rows:
+        delta = (row.result - row.reference) if row.result is not None and row.reference is not None else None
+        lines.append((row.status.upper() if row.status == "regression" else row.status, row.model, row.benchmark,
+                      row.metric, _percent(row.reference), _percent(row.result), _percent(delta, signed=True),
+                      _percent(row.tolerance), row.note))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    right = {4, 5, 6, 7}
+    return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                               for i, (cell, w) in enumerate(zip(line, widths))).rstrip() for line in lines)
+
+
+def summary(rows: Sequence[Row], source: str) -> str:
+    """Return the one-line verdict: counts per status and whether the check passed."""
+    counts = {status: sum(1 for r in rows if r.status == status) for status in STATUS_ORDER}
+    compared = sum(counts[s] for s in ("regression", "changed", "improvement", "ok"))
+    verdict = "FAILED" if counts["regression"] else "passed"
+    return (f"check {verdict}: {compared} scores compared with {source}: {counts['ok']} within tolerance, "
+            f"{counts['regression']} regressions, {counts['improvement']} improvements, {counts['changed']} changed; "
+            f"missing: {counts['missing result']} results, {counts['missing reference']} references")
+
+
+# ----------------------------------------------------------------------------- the command
+
+def parse_matches(values: Sequence[str]) -> dict[str, str]:
+    """Return {record model name: reference model name} from --match RECORD=REFERENCE values."""
+    matches = {}
+    for text in values:
+        record_model, sep, reference_model = text.partition("=")
+        if not sep or not record_model.strip() or not reference_model.strip():
+            raise UserError(f"--match {text}: expected RECORD_MODEL=REFERENCE_MODEL, e.g. "
+                            f"'ViT-B-16:openai.pt=OpenAI CLIP (ViT-B-16 (openai))'")
+        matches[record_model.strip()] = reference_model.strip()
+    return matches
+
+
+def renamed(scores: Sequence[Score], matches: dict[str, str]) -> list[Score]:
+    """Return scores with each model named as --match says (weights pins no longer apply to those)."""
+    return [replace(s, model=matches[s.model], model_sha256="") if s.model in matches else s for s in scores]
+
+
+@dataclass
+class CheckOutcome:
+    """What `silc-eval check` found: the rows, the text to print and the exit code (1 on a regression)."""
+
+    rows: list[Row]
+    text: str
+    exit_code: int = 0
+
+
+def run_check(results_dir: Path, reference: Path | None = None, published: bool = False,
+              tolerances: Sequence[str] = (), matches: Sequence[str] = (), strict: bool = False,
+              warn: Callable[[str], None] = warn_stderr) -> CheckOutcome:
+    """Return the outcome of checking results_dir against the zoo cards, a reference file or published numbers.
+
+    Skipped record files are named through warn.
+    """
+    parsed, aliases = parse_tolerances(tolerances), parse_matches(matches)
+    if reference is not None and published:
+        raise UserError("--reference and --published are alternatives; give one of them")
+    if reference is not None:
+        references, source = read_reference_file(reference), str(reference)
+    elif published:
+        references, source = published_references(), "the published numbers"
+    else:
+        references, source = zoo_references(), "the zoo cards' reference scores"
+    scores = renamed(read_scores(results_dir, strict=strict, warn=warn), aliases)
+    rows = compare(scores, references, parsed)
+    listed = [r for r in rows if r.status != "ok"]
+    text = (format_table(listed) + "\n" if listed else "") + summary(rows, source)
+    return CheckOutcome(rows, text, 1 if any(r.status == "regression" for r in rows) else 0)

@@ -1,0 +1,79 @@
+"""Training compute of the evaluated models, read from their model cards.
+
+A zoo model's card is model_zoo/<name>/card.yaml; a `local-dir:FOLDER` model may carry
+FOLDER/card.yaml. A card is used only when its weights sha256 is the one the record was
+evaluated with, so a retrained checkpoint never borrows an older card's compute.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import yaml
+
+from silc_eval.paths import zoo_dir
+
+LOCAL_DIR_PREFIX = "local-dir:"
+CARD_FILE = "card.yaml"
+COMPUTE_COLUMNS = ["images_seen", "training_flops"]
+
+
+def card_path(source: str) -> Path | None:
+    """Return where the card of a model spec would be (a zoo name or local-dir:FOLDER), else None."""
+    if source.startswith(LOCAL_DIR_PREFIX):
+        return Path(source[len(LOCAL_DIR_PREFIX):]).expanduser() / CARD_FILE
+    if source and ":" not in source and "/" not in source:
+        return zoo_dir() / source / CARD_FILE
+    return None
+
+
+def read_card(path: Path) -> tuple[dict | None, str | None]:
+    """Return (card, None), (None, None) when there is no card, or (None, why it could not be used)."""
+    if not path.is_file():
+        return None, None
+    try:
+        card = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        return None, f"model card {path} could not be read ({exc.__class__.__name__})"
+    if not isinstance(card, dict):
+        return None, f"model card {path} is not a YAML mapping"
+    return card, None
+
+
+def number(value: Any) -> float:
+    """Return value as a float, or NaN when it is missing or not a number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return math.nan
+    return float(value)
+
+
+def model_compute(record: dict[str, Any], warn: Callable[[str], None]) -> dict[str, float]:
+    """Return {images_seen, training_flops} of the record's model from its card (NaN where unknown)."""
+    empty = {column: math.nan for column in COMPUTE_COLUMNS}
+    path = card_path(record["model"]["source"])
+    if path is None:
+        return empty
+    card, problem = read_card(path)
+    if problem:
+        warn(f"{problem}; compute columns of {record['model']['name']} left empty")
+    if card is None:
+        return empty
+    card_sha = (card.get("weights") or {}).get("sha256")
+    if card_sha and card_sha != record["model"]["sha256"]:
+        warn(f"model card {path} describes other weights (sha256 {card_sha[:12]}, evaluated "
+             f"{record['model']['sha256'][:12]}); compute columns of {record['model']['name']} left empty")
+        return empty
+    compute = card.get("compute") or {}
+    return {column: number(compute.get(column)) for column in COMPUTE_COLUMNS}
+
+
+def compute_by_model(records: Sequence[dict[str, Any]], warn: Callable[[str], None]) -> dict[str, dict[str, float]]:
+    """Return {model name: {images_seen, training_flops}} for every model of the records (one card read each)."""
+    result: dict[str, dict[str, float]] = {}
+    for record in records:
+        name = record["model"]["name"]
+        if name not in result:
+            result[name] = model_compute(record, warn)
+    return result

@@ -1,0 +1,188 @@
+"""Resumable runs: a rerun keeps records whose inputs are unchanged and recomputes the rest."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import build_tiny_model_dir
+from silc_eval.cli import main
+from silc_eval.registry import resolve_benchmarks
+from silc_eval.runner import RunConfig, run
+from silc_eval.tasks import TASKS
+
+FAST = ["synthscenes-zeroshot", "synthscenes-retrieval"]
+KILLED = FAST + ["synthscenes-zeroshot-seg-vanilla"]  # long enough that a kill lands mid-run
+KILL_DEADLINE_S = 600  # a safety net for a hung child, not a timing assertion
+
+
+@pytest.fixture
+def evaluations(monkeypatch):
+    """Count the task evaluations of the test, by task name."""
+    counts = Counter()
+    for name, module in TASKS.items():
+        def counted(*args, _name=name, _evaluate=module.evaluate, **kwargs):
+            counts[_name] += 1
+            return _evaluate(*args, **kwargs)
+
+        monkeypatch.setattr(module, "evaluate", counted)
+    return counts
+
+
+def run_cli(output: Path, model_dir: Path, benchmarks=FAST, *extra: str) -> int:
+    argv = ["run", "--model", f"local-dir:{model_dir}", "--output", str(output), "--no-progress", *extra]
+    for benchmark in benchmarks:
+        argv += ["--benchmark", benchmark]
+    return main(argv)
+
+
+def record_file(output: Path, model_dir: Path, benchmark: str) -> Path:
+    return output / "records" / model_dir.name / f"{benchmark}.json"
+
+
+def snapshot(output: Path) -> dict[str, tuple[bytes, int]]:
+    """Return {record path: (bytes, mtime_ns)} of every record under output."""
+    return {str(p.relative_to(output)): (p.read_bytes(), p.stat().st_mtime_ns)
+            for p in sorted((output / "records").glob("*/*.json"))}
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, tiny_model_dir):
+    """A finished run of the tiny model on the two fast benchmarks (copy it before changing it)."""
+    output = tmp_path_factory.mktemp("first") / "out"
+    assert run_cli(output, tiny_model_dir) == 0
+    return output
+
+
+@pytest.fixture
+def rerun_dir(first_run, tmp_path):
+    """A private copy of the first run's output folder."""
+    return Path(shutil.copytree(first_run, tmp_path / "out"))
+
+
+def edit_record(path: Path, change) -> None:
+    record = json.loads(path.read_text())
+    change(record)
+    path.write_text(json.dumps(record))
+
+
+def test_rerun_skips_every_unchanged_record(rerun_dir, tiny_model_dir, evaluations, capsys):
+    before = snapshot(rerun_dir)
+    assert len(before) == len(FAST)
+    assert run_cli(rerun_dir, tiny_model_dir) == 0
+    assert sum(evaluations.values()) == 0
+    assert snapshot(rerun_dir) == before  # same bytes, not even rewritten
+    err = capsys.readouterr().err
+    assert f"keeping {len(FAST)} of {len(FAST)} records" in err
+    assert "recompute" not in err.replace("--force recomputes", "")
+    assert (rerun_dir / "leaderboard.csv").is_file()
+
+
+def test_force_recomputes_everything(rerun_dir, tiny_model_dir, evaluations, capsys):
+    assert run_cli(rerun_dir, tiny_model_dir, FAST, "--force") == 0
+    assert evaluations == Counter({"zeroshot_classification": 1, "retrieval": 1})
+    assert "resuming" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda r: r["provenance"].update(silc_eval_version="0.0.1"), "silc-eval version 0.0.1 -> "),
+    (lambda r: r["dataset"].update(fingerprint="0123456789abcdef"), "dataset changed (fingerprint)"),
+    (lambda r: r["protocol"].update(logit_scale=7.0), "protocol changed (logit_scale: 7.0 -> 100.0)"),
+    (lambda r: r["model"].update(sha256="0" * 64), "model weights changed (sha256)"),
+    (lambda r: r["benchmark"].update(main_metric="acc5"), "benchmark definition changed"),
+])
+def test_a_changed_input_recomputes_that_record_only(rerun_dir, tiny_model_dir, evaluations, capsys, change, reason):
+    changed = record_file(rerun_dir, tiny_model_dir, "synthscenes-zeroshot")
+    untouched = record_file(rerun_dir, tiny_model_dir, "synthscenes-retrieval")
+    edit_record(changed, change)
+    untouched_before = (untouched.read_bytes(), untouched.stat().st_mtime_ns)
+    assert run_cli(rerun_dir, tiny_model_dir) == 0
+    assert evaluations == Counter({"zeroshot_classification": 1})
+    assert (untouched.read_bytes(), untouched.stat().st_mtime_ns) == untouched_before
+    err = capsys.readouterr().err
+    assert "keeping 1 of 2 records" in err
+    assert f"recompute  {tiny_model_dir.name} / synthscenes-zeroshot: {reason}" in err
+    fresh = json.loads(changed.read_text())
+    assert fresh["provenance"]["silc_eval_version"] != "0.0.1"
+    assert fresh["protocol"]["logit_scale"] == 100.0
+    assert fresh["benchmark"]["main_metric"] == "acc1"
+
+
+def test_a_changed_protocol_parameter_recomputes(rerun_dir, tiny_model_dir, evaluations, capsys):
+    benchmarks = resolve_benchmarks(FAST)
+    benchmarks[1] = replace(benchmarks[1], params={**benchmarks[1].params, "batch_size": 5})
+    run(RunConfig(benchmarks=benchmarks, models=[f"local-dir:{tiny_model_dir}"], output=rerun_dir, progress=False))
+    assert evaluations == Counter({"retrieval": 1})
+    assert "protocol changed (batch_size: " in capsys.readouterr().err
+    assert json.loads(record_file(rerun_dir, tiny_model_dir, FAST[1]).read_text())["protocol"]["batch_size"] == 5
+
+
+def test_other_weights_under_the_same_name_recompute(rerun_dir, tiny_model_dir, tmp_path, evaluations, capsys):
+    other = build_tiny_model_dir(tmp_path / "other" / tiny_model_dir.name, seed=7)
+    assert run_cli(rerun_dir, other) == 0
+    assert evaluations == Counter({"zeroshot_classification": 1, "retrieval": 1})
+    assert capsys.readouterr().err.count("model weights changed (sha256)") == 2
+
+
+@pytest.mark.parametrize("content, reason", [
+    ("{\"schema\": \"silc-eval/result/v1\", \"metr", "unusable record (not valid JSON"),
+    ("[1, 2, 3]", "unusable record (not a silc-eval result record"),
+    (None, "foreign record (of "),
+])
+def test_a_malformed_or_foreign_record_is_recomputed(rerun_dir, tiny_model_dir, evaluations, capsys, content,
+                                                     reason):
+    path = record_file(rerun_dir, tiny_model_dir, "synthscenes-zeroshot")
+    if content is None:  # the retrieval record copied over the zero-shot one
+        content = record_file(rerun_dir, tiny_model_dir, "synthscenes-retrieval").read_text()
+    path.write_text(content)
+    assert run_cli(rerun_dir, tiny_model_dir) == 0
+    assert evaluations == Counter({"zeroshot_classification": 1})
+    assert f"synthscenes-zeroshot: {reason}" in capsys.readouterr().err
+    assert json.loads(path.read_text())["benchmark"]["name"] == "synthscenes-zeroshot"
+
+
+def start_run(output: Path, model_dir: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "silc_eval", "run", "--model", f"local-dir:{model_dir}", "--output", str(output),
+            "--no-progress"]
+    for benchmark in KILLED:
+        argv += ["--benchmark", benchmark]
+    return subprocess.Popen(argv, cwd=Path(__file__).resolve().parents[1], env=dict(os.environ),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_a_killed_run_resumes_to_the_results_of_an_uninterrupted_one(tmp_path, tiny_model_dir, evaluations, capsys):
+    killed = tmp_path / "killed"
+    child = start_run(killed, tiny_model_dir)
+    deadline = time.monotonic() + KILL_DEADLINE_S
+    while not list((killed / "records").glob("*/*.json")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    survivors = sorted((killed / "records").glob("*/*.json"))
+    assert survivors, child.stderr.read().decode()[-2000:]
+    for path in survivors:  # whatever the kill interrupted, every visible record is whole
+        assert json.loads(path.read_text())["schema"] == "silc-eval/result/v1"
+    for path in killed.iterdir():
+        if path.suffix == ".csv":
+            assert path.read_text().endswith("\n")
+
+    assert run_cli(killed, tiny_model_dir, KILLED) == 0
+    assert sum(evaluations.values()) == len(KILLED) - len(survivors)
+    assert f"keeping {len(survivors)} of {len(KILLED)} records" in capsys.readouterr().err
+
+    whole = tmp_path / "whole"
+    assert run_cli(whole, tiny_model_dir, KILLED) == 0
+    for benchmark in KILLED:
+        resumed = json.loads(record_file(killed, tiny_model_dir, benchmark).read_text())
+        uninterrupted = json.loads(record_file(whole, tiny_model_dir, benchmark).read_text())
+        for key in ("model", "benchmark", "dataset", "protocol", "metrics"):
+            assert resumed[key] == uninterrupted[key], (benchmark, key)
+    assert (killed / "results.csv").read_text() == (whole / "results.csv").read_text()
