@@ -172,6 +172,12 @@ def time_metrics(predictions, labels, num_classes, repeats):
         metric.process({}, samples)
         return metric.compute_metrics(metric.results)
 
+    if IoUMetric is not None:
+        import logging
+
+        from mmengine.logging import MMLogger
+
+        MMLogger.get_current_instance().setLevel(logging.ERROR)  # its per-class table is printed at INFO
     ours_times, theirs_times = [], []
     agree = None
     for _ in range(repeats):
@@ -179,9 +185,6 @@ def time_metrics(predictions, labels, num_classes, repeats):
         if IoUMetric is not None:
             theirs_times.append(timed(theirs, "cpu"))
     if IoUMetric is not None:
-        import logging
-
-        logging.getLogger("mmengine").setLevel(logging.ERROR)
         agree = abs(100 * ours()["mIoU"] - theirs()["mIoU"]) < 0.01
     return statistics.median(ours_times), (statistics.median(theirs_times) if theirs_times else None), agree
 
