@@ -153,7 +153,8 @@ def run(config: RunConfig) -> list[dict]:
                 write_record(config.output, record)
             records.append(record)
             main = record["metrics"][benchmark.main_metric]
-            log(f"{model.name:>28s} | {benchmark.name:<28s} {benchmark.main_metric} = {100 * main:.2f}")
+            shown = "undefined" if main is None else f"{100 * main:.2f}"
+            log(f"{model.name:>28s} | {benchmark.name:<28s} {benchmark.main_metric} = {shown}")
     if eval_distributed.is_main():
         write_reports(config.output, model_order=model_names, benchmark_order=[b.name for b in benchmarks])
     return records
