@@ -145,7 +145,7 @@ def reference_models(scores: Sequence[Score],
             continue
         if score.model_sha256 in by_sha:
             found[key] = (by_sha[score.model_sha256], "")
-        elif score.model in pinned:
+        elif score.model in pinned and score.model_sha256:  # a --match rename carries no sha256: match by name
             found[key] = (None, "weights differ from the reference's sha256")
         else:
             found[key] = (score.model, "")

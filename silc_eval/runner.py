@@ -210,6 +210,8 @@ def changed_inputs(record: dict, sha256: str, benchmark: Benchmark) -> list[str]
     if differing:
         shown = ", ".join(f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in differing[:3])
         changes.append(f"protocol changed ({shown}{', ...' if len(differing) > 3 else ''})")
+    if record["dataset"].get("declaration") != as_json(benchmark.dataset):
+        changes.append("dataset declaration changed (e.g. its training split)")
     definition = {k: record["benchmark"].get(k) for k in ("task", "group", "main_metric")}
     if definition != {"task": benchmark.task, "group": benchmark.group, "main_metric": benchmark.main_metric}:
         changes.append("benchmark definition changed (task, group or main metric)")

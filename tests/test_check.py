@@ -228,3 +228,13 @@ def test_a_malformed_record_is_named_and_skipped_or_fails_with_strict(results, t
     code, out, err = check(capsys, results, "--reference", reference)
     assert code == 0 and "broken.json" in err and "6 within tolerance" in out
     assert_one_line_error(*check(capsys, results, "--reference", reference, "--strict")[::2], "broken.json")
+
+
+def test_match_lines_up_a_record_with_a_zoo_model_whatever_its_weights(tmp_path, capsys):
+    entry = list_zoo()[0]
+    benchmark, metrics = next(iter(reference_scores(entry).items()))
+    folder = tmp_path / "run"
+    write_record(folder, "my-retrain", benchmark, dict(metrics), sha256="1" * 64)
+    code, out, _ = check(capsys, folder, "--match", f"my-retrain={entry.name}")
+    assert code == 0
+    assert f"{len(metrics)} scores compared with the zoo cards' reference scores: {len(metrics)} within" in out

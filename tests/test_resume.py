@@ -186,3 +186,16 @@ def test_a_killed_run_resumes_to_the_results_of_an_uninterrupted_one(tmp_path, t
         for key in ("model", "benchmark", "dataset", "protocol", "metrics"):
             assert resumed[key] == uninterrupted[key], (benchmark, key)
     assert (killed / "results.csv").read_text() == (whole / "results.csv").read_text()
+
+
+def test_a_changed_dataset_declaration_is_a_changed_input():
+    from silc_eval import __version__
+    from silc_eval.runner import as_json, changed_inputs
+
+    (benchmark,) = resolve_benchmarks(["synthscenes-linear-probe"])
+    record = {"model": {"sha256": "a" * 64}, "provenance": {"silc_eval_version": __version__},
+              "protocol": as_json(benchmark.protocol()), "dataset": {"declaration": as_json(benchmark.dataset)},
+              "benchmark": {"task": benchmark.task, "group": benchmark.group, "main_metric": benchmark.main_metric}}
+    assert changed_inputs(record, "a" * 64, benchmark) == []
+    moved = replace(benchmark, dataset={**benchmark.dataset, "train_root": "elsewhere/train"})
+    assert changed_inputs(record, "a" * 64, moved) == ["dataset declaration changed (e.g. its training split)"]
