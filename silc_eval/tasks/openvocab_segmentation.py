@@ -86,7 +86,8 @@ def split_classes(eval_classes: Sequence[Sequence[str]], train_classes: Sequence
 
 
 def seen_labels(labels: torch.Tensor, split: ClassSplit) -> torch.Tensor:
-    """Return training labels (training class ids) as int64 seen-class indices; unseen pixels become 255.
+    """Return training labels (training class ids) as seen-class indices (uint8 below 255 seen classes, else
+    int64); unseen pixels become 255.
 
     Raises RuntimeError if any pixel of a non-seen training class would keep a class index.
     """
@@ -96,6 +97,8 @@ def seen_labels(labels: torch.Tensor, split: ClassSplit) -> torch.Tensor:
     dropped = ~torch.isin(labels.long(), torch.tensor(split.seen_train_ids))
     if (remapped[dropped] != IGNORE_INDEX).any():
         raise RuntimeError("open-vocabulary training labels kept pixels of a non-seen class")
+    if len(split.seen_train_ids) < IGNORE_INDEX:  # every index fits beside 255: keep the cache at 1 byte a pixel
+        return remapped.to(torch.uint8)
     return remapped
 
 

@@ -137,7 +137,7 @@ def cache_features(model, dataset, feature_fn: FeatureFn, params: dict, progress
         flush()
     features = eval_distributed.gather_chunks(features, flushed[0])
     # Concatenated outside inference mode so the cache can feed autograd.
-    return WindowCache(torch.cat(features).clone(), torch.cat(labels))
+    return WindowCache(torch.cat(features), torch.cat(labels))
 
 
 def seeded_module(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
