@@ -29,7 +29,8 @@ DATASET_FIELDS = {
                        {"split", "train_split", "classnames", "templates"}),
     "wds": ({"name", "source", "format", "root"}, {"split", "train_split", "classnames", "templates"}),
     "mmseg": ({"name", "source", "format", "images", "annotations", "num_classes", "classes"},
-              {"split_file", "image_suffix", "annotation_suffix", "templates", "reduce_zero_label", "train"}),
+              {"split_file", "image_suffix", "annotation_suffix", "templates", "reduce_zero_label", "train",
+               "background_name"}),
 }
 
 

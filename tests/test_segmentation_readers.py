@@ -74,6 +74,7 @@ def test_voc21_split_file_order_and_palette_indices(tmp_path):
     assert dataset.num_classes == 21 and dataset.reduce_zero_label is False and dataset.ignore_index == 255
     assert dataset.class_names[1] == "aeroplane" and dataset.class_names[-1] == "television monitor"
     assert "fence" in dataset.classes[0] and len(dataset.classes[0]) == 26
+    assert dataset.classes[0][0] == "sky" and dataset.class_names[0] == "background"  # background_name, not "sky"
     assert len(dataset.templates) == 80
     annotation = dataset.annotation_paths[1]
     assert Image.open(annotation).mode == "P" and np.array(Image.open(annotation).convert("L")).max() != 255

@@ -182,13 +182,18 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, image_paths: list[Path], annotation_paths: list[Path], classes: list[list[str]],
                  templates: list[str], reduce_zero_label: bool = False, name: str = "segmentation",
-                 fingerprint: str = "", declaration: dict | None = None, root: Path | None = None):
+                 fingerprint: str = "", declaration: dict | None = None, root: Path | None = None,
+                 background_name: str | None = None):
         self.name = name
         # the declaration and root it was built from, so a task can build the other split (train_split)
         self.declaration, self.root = declaration, root
         self.image_paths, self.annotation_paths = list(image_paths), list(annotation_paths)
         self.classes = [list(names) for names in classes]
+        # display names: the first name of each line, except class 0 when the declaration names its
+        # background (SCLIP's VOC21 / COCO-Object line 0 lists stuff words, "sky" first)
         self.class_names = [names[0] for names in self.classes]
+        if background_name:
+            self.class_names[0] = background_name
         self.num_classes = len(self.classes)
         self.templates = list(templates)
         self.reduce_zero_label = reduce_zero_label
@@ -265,4 +270,5 @@ def segmentation_dataset(dataset: dict, root: Path, split: str = "val",
     return SegmentationDataset(image_paths, annotation_paths, classes, templates,
                                reduce_zero_label=view.get("reduce_zero_label", False),
                                name=f"{dataset['name']}/{split}", fingerprint=fingerprint,
-                               declaration=dataset, root=root)
+                               declaration=dataset, root=root,
+                               background_name=dataset.get("background_name") if split == "val" else None)
