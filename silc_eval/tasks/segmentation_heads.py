@@ -27,10 +27,9 @@ from tqdm import tqdm
 from silc_eval import eval_distributed
 from silc_eval.errors import UserError
 from silc_eval.features import autocast_context
-from silc_eval.tasks.dense_inference import (image_normalization, prepare_image, short_side_size, slide_logits,
-                                             window_boxes)
+from silc_eval.tasks.dense_inference import image_normalization, prepare_image, short_side_size, window_boxes
 from silc_eval.tasks.segmentation_metrics import IGNORE_INDEX, SegmentationMeter
-from silc_eval.tasks.zeroshot_segmentation import image_batches, sum_over_ranks
+from silc_eval.tasks.zeroshot_segmentation import image_batches, slid_meter
 
 POLY_POWER = 0.9  # mmseg's default poly learning-rate decay
 POSITIVE_INT_PARAMS = ("short_side", "window", "stride", "train_batch_size", "batch_size")
@@ -192,20 +191,8 @@ def train_head(head: nn.Module, cache: WindowCache, step_fn: Callable, params: d
 def evaluate_head(model, dataset, window_fn: FeatureFn, params: dict, progress: bool = True,
                   desc: str = "segmentation") -> SegmentationMeter:
     """Return the SegmentationMeter of argmax predictions of window_fn (windows -> logits (N, C, gh, gw))
-    slid over every image of dataset, as in zero-shot segmentation (under torchrun: each rank its block of
-    whole image batches, meters summed over ranks)."""
-    mean, std = image_normalization(model)
-    meter = SegmentationMeter(dataset.num_classes, dataset.ignore_index)
-    images_per_step = max(1, params["batch_size"] // 4)
-    for items in tqdm(image_batches(eval_distributed.shard_dataset(dataset, images_per_step), images_per_step,
-                                    params["num_workers"]), disable=not progress, desc=desc, leave=False):
-        images = [image.to(model.device) for image, _, _ in items]
-        prepared = [prepare_image(image, params["short_side"], mean, std) for image in images]
-        logits = slide_logits(prepared, window_fn, params["window"], params["stride"], params["batch_size"],
-                              output_sizes=[tuple(image.shape[-2:]) for image in images])
-        for window_logits, (_, label, _) in zip(logits, items):
-            meter.update(window_logits.argmax(dim=0).cpu(), label)
-    return sum_over_ranks(meter)
+    slid over every image of dataset, exactly as zero-shot segmentation slides (and shards) them."""
+    return slid_meter(model, dataset, window_fn, lambda logits: logits.argmax(dim=0), params, progress, desc)
 
 
 def frozen_window_fn(model, feature_fn: FeatureFn, head: Callable[[torch.Tensor], torch.Tensor],

@@ -86,16 +86,29 @@ def make_window_fn(model, text: torch.Tensor, variant: str, amp: bool):
     return window_fn
 
 
+def slide_images(model, images: Sequence[torch.Tensor], window_fn, params: dict) -> list[torch.Tensor]:
+    """Return per uint8 image (3, H, W) its window-averaged logits (Q, H, W) at the original size."""
+    mean, std = image_normalization(model)
+    prepared = [prepare_image(image.to(model.device), params["short_side"], mean, std) for image in images]
+    return slide_logits(prepared, window_fn, params["window"], params["stride"], params["batch_size"],
+                        output_sizes=[tuple(image.shape[-2:]) for image in images])
+
+
+def zeroshot_postprocess(query_class: torch.Tensor, num_classes: int, params: dict):
+    """Return the function mapping query logits (Q, H, W) to a class map with SCLIP's background rules."""
+    def postprocess(logits: torch.Tensor) -> torch.Tensor:
+        probs = class_probabilities(logits, query_class, num_classes, params["logit_scale"])
+        return predict_classes(probs, params["prob_thd"], params["area_thd"])
+
+    return postprocess
+
+
 def segment(model, images: Sequence[torch.Tensor], text: torch.Tensor, query_class: torch.Tensor,
             num_classes: int, params: dict) -> list[torch.Tensor]:
     """Return the (H, W) predicted class maps of uint8 images (3, H, W) at their original sizes."""
-    mean, std = image_normalization(model)
-    prepared = [prepare_image(image.to(model.device), params["short_side"], mean, std) for image in images]
     window_fn = make_window_fn(model, text, params["variant"], params["amp"])
-    logits = slide_logits(prepared, window_fn, params["window"], params["stride"], params["batch_size"],
-                          output_sizes=[tuple(image.shape[-2:]) for image in images])
-    return [predict_classes(class_probabilities(l, query_class, num_classes, params["logit_scale"]),
-                            params["prob_thd"], params["area_thd"]) for l in logits]
+    postprocess = zeroshot_postprocess(query_class, num_classes, params)
+    return [postprocess(logits) for logits in slide_images(model, images, window_fn, params)]
 
 
 def metrics_from_meter(meter: SegmentationMeter, class_names: Sequence[str]) -> dict[str, float | None]:
@@ -120,20 +133,28 @@ def sum_over_ranks(meter: SegmentationMeter) -> SegmentationMeter:
     return meter
 
 
-def evaluate(model, dataset, params: dict, progress: bool = True) -> dict[str, float | None]:
-    """Return mIoU, mAcc, aAcc (fractions) and per-class IoU of zero-shot segmentation on a SegmentationDataset.
+def slid_meter(model, dataset, window_fn, postprocess, params: dict, progress: bool = True,
+               desc: str = "segmentation") -> SegmentationMeter:
+    """Return the SegmentationMeter of postprocess(logits) over every image of dataset, logits slid by window_fn.
 
-    Under torchrun each rank segments its block of whole image batches; the meters are summed.
+    Under torchrun each rank takes its block of whole image batches; the meters are summed.
     """
-    check_variant(params["variant"])
-    text, query_class = query_embeddings(model, dataset.classes, dataset.templates, amp=params["amp"])
     meter = SegmentationMeter(dataset.num_classes, dataset.ignore_index)
     images_per_step = max(1, params["batch_size"] // 4)
     shard = eval_distributed.shard_dataset(dataset, images_per_step)
     for items in tqdm(image_batches(shard, images_per_step, params["num_workers"]), disable=not progress,
-                      desc="zero-shot segmentation", leave=False):
-        predictions = segment(model, [image for image, _, _ in items], text, query_class, dataset.num_classes,
-                              params)
-        for prediction, (_, label, _) in zip(predictions, items):
-            meter.update(prediction.cpu(), label)
-    return metrics_from_meter(sum_over_ranks(meter), dataset.class_names)
+                      desc=desc, leave=False):
+        logits = slide_images(model, [image for image, _, _ in items], window_fn, params)
+        for image_logits, (_, label, _) in zip(logits, items):
+            meter.update(postprocess(image_logits).cpu(), label)
+    return sum_over_ranks(meter)
+
+
+def evaluate(model, dataset, params: dict, progress: bool = True) -> dict[str, float | None]:
+    """Return mIoU, mAcc, aAcc (fractions) and per-class IoU of zero-shot segmentation on a SegmentationDataset."""
+    check_variant(params["variant"])
+    text, query_class = query_embeddings(model, dataset.classes, dataset.templates, amp=params["amp"])
+    window_fn = make_window_fn(model, text, params["variant"], params["amp"])
+    postprocess = zeroshot_postprocess(query_class, dataset.num_classes, params)
+    meter = slid_meter(model, dataset, window_fn, postprocess, params, progress, desc="zero-shot segmentation")
+    return metrics_from_meter(meter, dataset.class_names)
