@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from silc_eval import __version__
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 
 EXIT_USER_ERROR = 2
 
@@ -107,16 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args) -> int:
-    from silc_eval import eval_distributed
-    from silc_eval.feature_cache import switched_off
+    from silc_eval.core import distributed
+    from silc_eval.features.cache import switched_off
     from silc_eval.registry import resolve_benchmarks, resolve_suite
-    from silc_eval.runner import RunConfig, check_device, run
+    from silc_eval.evaluate.runner import RunConfig, check_device, run
 
     benchmarks = resolve_benchmarks(args.benchmark) if args.benchmark else resolve_suite(args.suite or "all")
     check_device(args.device)
     # Under torchrun: shard the work over the ranks; only rank 0 writes and prints.
-    with eval_distributed.session(args.device) as device, switched_off(args.no_feature_cache):
-        main = eval_distributed.is_main()
+    with distributed.session(args.device) as device, switched_off(args.no_feature_cache):
+        main = distributed.is_main()
         run(RunConfig(benchmarks=benchmarks, models=args.model, output=args.output, data_root=args.data_root,
                       synthscenes_root=args.synthscenes_root, device=device,
                       progress=not args.no_progress and main, force=args.force))
@@ -128,7 +128,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from silc_eval.check import run_check
+    from silc_eval.report.check import run_check
 
     outcome = run_check(args.results, reference=args.reference, published=args.published,
                         tolerances=args.tolerance, matches=args.match, strict=args.strict)
@@ -178,12 +178,12 @@ def cmd_list(args) -> int:
 
 def cmd_data(args) -> int:
     if args.data_command == "prepare":  # the only prepare target so far: coco-object
-        from silc_eval.data.coco_object import SUFFIX, prepare_coco_object
+        from silc_eval.producers.coco_object import SUFFIX, prepare_coco_object
 
         count = prepare_coco_object(args.coco, args.out, split=args.split, progress=sys.stderr.isatty())
         print(f"wrote {count} COCO-Object label maps (*{SUFFIX}) to {args.out}")
         return 0
-    from silc_eval.data.synthscenes import PARTS, SynthScenesConfig, default_workers, write_synthscenes
+    from silc_eval.producers.synthscenes import PARTS, SynthScenesConfig, default_workers, write_synthscenes
 
     parts = tuple(args.parts.split(",")) if args.parts else PARTS
     unknown = [p for p in parts if p not in PARTS]
@@ -196,7 +196,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from silc_eval.runner import check_device
+    from silc_eval.evaluate.runner import check_device
     from silc_eval.train.loop import train
     from silc_eval.train.recipe import load_recipe
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from silc_eval.errors import UserError
-from silc_eval.paths import benchmarks_dir
+from silc_eval.core.errors import UserError
+from silc_eval.core.paths import benchmarks_dir
 from silc_eval.tasks import TASKS
 
 BENCHMARK_REQUIRED = {"name", "task", "dataset", "main_metric", "group"}

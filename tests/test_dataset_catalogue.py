@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from silc_eval.data.build import build_dataset, expected_paths, missing_paths
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.registry import load_benchmarks, parse_benchmark
 
 

@@ -22,8 +22,8 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from silc_eval import eval_distributed as ed
-from silc_eval.paths import benchmarks_dir
+from silc_eval.core import distributed as ed
+from silc_eval.core.paths import benchmarks_dir
 
 BENCHMARKS = ["synthscenes-zeroshot", "synthscenes-retrieval", "synthscenes-zeroshot-seg-sclip",
               "synthscenes-fewshot-ridge", "synthscenes-linear-seg"]

@@ -9,7 +9,7 @@ import open_clip
 import pytest
 import torch
 
-from silc_eval import feature_cache
+from silc_eval.features import cache as feature_cache
 from silc_eval.features import compute_image_features, encode_images
 from silc_eval.tasks import zeroshot_classification
 

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from silc_eval.io import atomic_write_json, atomic_write_text
+from silc_eval.core.io import atomic_write_json, atomic_write_text
 
 
 def test_atomic_write_gives_the_mode_an_ordinary_open_would(tmp_path):

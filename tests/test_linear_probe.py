@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from silc_eval import feature_cache
+from silc_eval.features import cache as feature_cache
 from silc_eval.data.build import build_dataset
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.tasks import TASKS, linear_probe
-from silc_eval.tasks import probe_training as pt
+from silc_eval.machinery import probes as pt
 
 
 def gaussian_features(num_classes: int, per_class: int, dim: int, seed: int, spread: float = 1.0):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.train.distill import ViewDistillationLoss
 from silc_eval.train.ema import EmaTeacher
 from silc_eval.train.model_config import create_model, open_clip_config

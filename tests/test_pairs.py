@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.train.augment import MultiViewTransform, ViewSpec
 from silc_eval.train.pairs import PairSource, ReadStats, csv_source, iterate_batches, list_shards
 

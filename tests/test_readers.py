@@ -9,7 +9,7 @@ from PIL import Image
 
 from silc_eval.data.build import build_dataset, dataset_root
 from silc_eval.data.readers import ImageFolderClassification, KarpathyRetrieval
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.registry import load_benchmarks
 
 

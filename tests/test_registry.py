@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.registry import load_benchmarks, load_suites, resolve_benchmarks, resolve_suite
 from silc_eval.tasks import TASKS
 

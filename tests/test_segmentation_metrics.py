@@ -7,7 +7,7 @@ import pytest
 import torch
 from mmseg.evaluation import IoUMetric
 
-from silc_eval.tasks.segmentation_metrics import SegmentationMeter, reduce_zero_label
+from silc_eval.machinery.segmentation_metrics import SegmentationMeter, reduce_zero_label
 
 NUM_CLASSES = 6
 

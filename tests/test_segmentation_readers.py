@@ -16,8 +16,8 @@ from silc_eval.data.build import (build_dataset, dataset_root, expected_paths, s
                                   train_paths)
 from silc_eval.data.segmentation import (SegmentationDataset, check_declaration, load_class_file,
                                          segmentation_dataset)
-from silc_eval.errors import UserError
-from silc_eval.paths import benchmarks_dir
+from silc_eval.core.errors import UserError
+from silc_eval.core.paths import benchmarks_dir
 from silc_eval.registry import BENCHMARK_OPTIONAL, BENCHMARK_REQUIRED, DATASET_FIELDS
 
 SEG_BENCHMARKS = {"voc21": 21, "pc60": 60, "coco-object": 81, "voc20": 20, "pc59": 59, "coco-stuff171": 171,

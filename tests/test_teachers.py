@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from silc_eval.data.fingerprint import file_sha256
-from silc_eval.errors import UserError
+from silc_eval.core.fingerprint import file_sha256
+from silc_eval.core.errors import UserError
 from silc_eval.train.tokenizer import SPECIALS
 from silc_eval.train.teachers import (
     TextTeacher, VisionTeacher, inherit_token_embedding, load_text_teacher, load_vision_teacher, parse_timm_spec,
@@ -41,7 +41,7 @@ def text_teacher(minilm_path) -> TextTeacher:
 @pytest.fixture(scope="module")
 def reference_minilm(minilm_path):
     """(tokenizer, model) loaded straight from transformers, independent of the teacher wrapper."""
-    from silc_eval.offline import enforce_offline
+    from silc_eval.core.offline import enforce_offline
 
     enforce_offline()
     from transformers import AutoModel, AutoTokenizer
@@ -156,7 +156,7 @@ def _pairwise_cosines(x: torch.Tensor) -> np.ndarray:
 
 
 def _synthscenes_vocab() -> dict[str, int]:
-    from silc_eval.data.synthscenes import vocabulary
+    from silc_eval.producers.synthscenes import vocabulary
     from silc_eval.train.tokenizer import build_vocab
 
     return build_vocab(vocabulary())

@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import TINY_CLASSNAMES, TINY_TEMPLATES
 
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.tasks import TASKS
 from silc_eval.tasks import linear_segmentation as linear
 from silc_eval.tasks import openvocab_segmentation as openvocab
-from silc_eval.tasks import segmentation_heads as heads
-from silc_eval.tasks.segmentation_metrics import SegmentationMeter
+from silc_eval.machinery import heads
+from silc_eval.machinery.segmentation_metrics import SegmentationMeter
 
 # Colours of TINY_CLASSNAMES: red square, green circle, blue triangle, yellow star, purple heart, orange moon.
 PALETTE = torch.tensor([[220, 30, 30], [30, 200, 40], [30, 40, 220], [230, 220, 30], [150, 40, 170], [240, 140, 20]])

@@ -8,7 +8,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.train.loop import train, work_folder
 from silc_eval.train.recipe import load_recipe
 
@@ -68,7 +68,7 @@ def test_output_loads_in_plain_open_clip_and_matches_the_card(tmp_path):
         text = model.encode_text(tokens)
     assert text.shape == (2, 32) and torch.isfinite(text).all()
     on_disk = yaml.safe_load((tmp_path / "out" / "card.yaml").read_text())
-    from silc_eval.data.fingerprint import file_sha256
+    from silc_eval.core.fingerprint import file_sha256
 
     assert on_disk["weights"]["sha256"] == file_sha256(tmp_path / "out" / "open_clip_model.safetensors")
     assert card["compute"]["images_seen"] == 2 * 8

@@ -49,7 +49,7 @@ def child(argv: list[str]) -> None:
 
     torch.nn.modules.module.register_module_forward_pre_hook(pre)
     torch.nn.modules.module.register_module_forward_hook(post)
-    from silc_eval import feature_cache
+    from silc_eval.features import cache as feature_cache
     from silc_eval.cli import main
 
     started = time.perf_counter()
@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--skip-runs", action="store_true", help="only (b)")
     parser.add_argument("--skip-sweep", action="store_true", help="only (a)")
     args = parser.parse_args()
-    from silc_eval.paths import cache_dir
+    from silc_eval.core.paths import cache_dir
 
     models = [a for m in args.model for a in ("--model", m)]
     if not args.skip_runs:

@@ -32,8 +32,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from silc_eval.models.dense import dense_features  # noqa: E402
 from silc_eval.tasks import zeroshot_segmentation as zs  # noqa: E402
-from silc_eval.tasks.dense_inference import image_normalization, prepare_image, window_boxes  # noqa: E402
-from silc_eval.tasks.segmentation_metrics import SegmentationMeter  # noqa: E402
+from silc_eval.machinery.windows import image_normalization, prepare_image, window_boxes  # noqa: E402
+from silc_eval.machinery.segmentation_metrics import SegmentationMeter  # noqa: E402
 
 
 class RandomArchModel:

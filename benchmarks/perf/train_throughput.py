@@ -85,7 +85,7 @@ def synthscenes_batch(recipe: dict, tokenizer, batch_size: int) -> SourceBatch:
     (same seed, epoch, shuffle buffer); the transform only keeps the decoded images, which
     each objective then crops into its own views below.
     """
-    from silc_eval.data.synthscenes import SynthScenesConfig, default_cache_root, ensure_synthscenes
+    from silc_eval.producers.synthscenes import SynthScenesConfig, default_cache_root, ensure_synthscenes
     from silc_eval.train.pairs import PairSource, iterate_batches, list_shards
 
     data = recipe["data"]
@@ -118,7 +118,7 @@ def synthetic_batch(recipe: dict, tokenizer, batch_size: int, image_size: int) -
     import numpy as np
     from PIL import Image
 
-    from silc_eval.data.synthscenes import vocabulary
+    from silc_eval.producers.synthscenes import vocabulary
 
     rng = np.random.default_rng(0)
     words = [w for w in vocabulary() if w.isalpha()]
@@ -283,7 +283,7 @@ def sfclip_section(recipe: dict, vision_teacher: str | None, scratch: Path) -> d
 
 def build_fresh_teacher(model_section: dict, folder: Path) -> str:
     """Write a randomly initialised open_clip local-dir of model_section into folder; returns its spec."""
-    from silc_eval.data.synthscenes import vocabulary
+    from silc_eval.producers.synthscenes import vocabulary
     from silc_eval.train.loop import SYNTH_MEAN, SYNTH_STD
     from silc_eval.train.model_config import create_model, open_clip_config, save_local_dir
     from silc_eval.train.tokenizer import save_word_tokenizer
@@ -335,12 +335,12 @@ def main(argv=None) -> int:
 
 
 def measure(args, scratch: Path) -> int:
-    from silc_eval.offline import enforce_offline
+    from silc_eval.core.offline import enforce_offline
 
     enforce_offline()
     import open_clip
 
-    from silc_eval.train.distributed import DistEnv
+    from silc_eval.core.distributed import DistEnv
     from silc_eval.train.loop import prepare_work_folder
     from silc_eval.train.recipe import load_recipe
 

@@ -46,7 +46,7 @@ TINY_MODEL_SECTION = {
 
 def build_tiny_random_model(folder: Path, seed: int = 0) -> str:
     """Write a tiny random open_clip local-dir checkpoint over the SynthScenes vocabulary; returns its spec."""
-    from silc_eval.data.synthscenes import vocabulary
+    from silc_eval.producers.synthscenes import vocabulary
     from silc_eval.train.model_config import create_model, open_clip_config, save_local_dir
     from silc_eval.train.tokenizer import save_word_tokenizer
 

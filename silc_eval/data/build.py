@@ -10,7 +10,7 @@ from silc_eval.data.coco_captions import coco_captions_retrieval
 from silc_eval.data.metadata import is_packaged, load_names
 from silc_eval.data.readers import ImageFolderClassification, KarpathyRetrieval
 from silc_eval.data.segmentation import segmentation_dataset, split_paths, split_view
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 
 
 def expected_paths(dataset: dict) -> list[str]:
@@ -60,7 +60,7 @@ def synthscenes_parts(dataset: dict) -> list[str]:
 def dataset_root(dataset: dict, data_root: Path | None, synthscenes_root: Path | None) -> Path:
     """Return the folder a dataset's relative paths are resolved against, generating SynthScenes if needed."""
     if dataset["source"] == "synthscenes":
-        from silc_eval.data.synthscenes import ensure_synthscenes
+        from silc_eval.producers.synthscenes import ensure_synthscenes
 
         return ensure_synthscenes(synthscenes_root, parts=synthscenes_parts(dataset))
     if data_root is None:

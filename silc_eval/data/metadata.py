@@ -7,7 +7,7 @@ from importlib import resources
 from pathlib import Path
 
 from silc_eval.data.readers import read_lines
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 
 PACKAGED_PREFIX = "clip_benchmark:"
 

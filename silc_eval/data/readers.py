@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
-from silc_eval.data.fingerprint import fingerprint_files
-from silc_eval.errors import UserError
+from silc_eval.core.fingerprint import fingerprint_files
+from silc_eval.core.errors import UserError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 

@@ -22,11 +22,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from silc_eval.data.fingerprint import fingerprint_files
+from silc_eval.core.fingerprint import fingerprint_files
 from silc_eval.data.metadata import is_packaged, load_names
 from silc_eval.data.readers import load_rgb
-from silc_eval.errors import UserError
-from silc_eval.paths import benchmarks_dir
+from silc_eval.core.errors import UserError
+from silc_eval.core.paths import benchmarks_dir
 
 IGNORE_INDEX = 255  # the same as tasks.segmentation_metrics.IGNORE_INDEX (not imported: tasks import this module)
 BENCHMARKS_PREFIX = "benchmarks:"
@@ -219,7 +219,7 @@ class SegmentationDataset(Dataset):
                             f"{self.image_paths[index]} is {size[0]}x{size[1]}; expected the same size")
         label = torch.from_numpy(raw.astype(np.int64))
         if self.reduce_zero_label:
-            from silc_eval.tasks.segmentation_metrics import reduce_zero_label  # late: silc_eval.tasks imports us
+            from silc_eval.machinery.segmentation_metrics import reduce_zero_label  # late: silc_eval.tasks imports us
 
             label = reduce_zero_label(label, self.ignore_index)
         values = torch.unique(label)

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.models.vit import embed_patches
 
 VARIANTS = ("vanilla", "maskclip", "sclip", "clearclip", "naclip")

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from silc_eval.data.fingerprint import file_sha256
-from silc_eval.errors import UserError
+from silc_eval.core.fingerprint import file_sha256
+from silc_eval.core.errors import UserError
 from silc_eval.models.open_clip_model import OpenClipModel
 from silc_eval.models.zoo import get_zoo_entry, list_zoo
-from silc_eval.offline import enforce_offline
-from silc_eval.quiet import quiet_root_logger
+from silc_eval.core.offline import enforce_offline
+from silc_eval.core.quiet import quiet_root_logger
 
 LOCAL_DIR_PREFIX = "local-dir:"
 WEIGHT_FILE_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors",

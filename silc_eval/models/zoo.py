@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from silc_eval.errors import UserError
-from silc_eval.paths import zoo_dir
+from silc_eval.core.errors import UserError
+from silc_eval.core.paths import zoo_dir
 
 CARD_FILE = "card.yaml"
 

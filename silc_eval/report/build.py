@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.report.compute import COMPUTE_COLUMNS, compute_by_model
 from silc_eval.report.order import order_benchmarks, order_groups
 from silc_eval.report.published import PublishedEntry, published_main_scores

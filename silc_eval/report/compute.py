@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 import yaml
 
-from silc_eval.paths import zoo_dir
+from silc_eval.core.paths import zoo_dir
 
 LOCAL_DIR_PREFIX = "local-dir:"
 CARD_FILE = "card.yaml"

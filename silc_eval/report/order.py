@@ -12,7 +12,7 @@ GROUP_ORDER = ["classification", "few-shot", "retrieval", "zero-shot segmentatio
 def suite_order() -> list[str]:
     """Return every benchmark named by a suite, suites in name order, first mention kept ([] if unreadable)."""
     try:
-        from silc_eval.errors import UserError
+        from silc_eval.core.errors import UserError
         from silc_eval.registry import load_suites
 
         suites = load_suites()

@@ -15,8 +15,8 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
-from silc_eval.errors import UserError
-from silc_eval.paths import PROJECT_ROOT
+from silc_eval.core.errors import UserError
+from silc_eval.core.paths import PROJECT_ROOT
 
 PUBLISHED_SCHEMA = "silc-eval/published/v1"
 TOP_KEYS = {"schema", "description", "undefined_benchmarks", "entries"}

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from silc_eval.errors import UserError
-from silc_eval.results import RECORD_SCHEMA, RECORDS_DIR
+from silc_eval.core.errors import UserError
+from silc_eval.evaluate.records import RECORD_SCHEMA, RECORDS_DIR
 
 # (section, key) pairs a record must carry for the report to place it.
 REQUIRED_FIELDS = [("model", "name"), ("model", "sha256"), ("model", "source"), ("benchmark", "name"),

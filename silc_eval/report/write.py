@@ -12,8 +12,8 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from silc_eval.errors import UserError
-from silc_eval.io import atomic_write_text
+from silc_eval.core.errors import UserError
+from silc_eval.core.io import atomic_write_text
 from silc_eval.report.build import Report, build_report
 from silc_eval.report.records import load_result_records, warn_stderr
 from silc_eval.report.tables import MEAN_COLUMN, results_table

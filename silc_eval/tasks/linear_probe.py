@@ -20,9 +20,9 @@ import sys
 import numpy as np
 import torch
 
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.features import encode_images
-from silc_eval.tasks import probe_training as pt
+from silc_eval.machinery import probes as pt
 
 PROTOCOLS = ("logistic", "ridge")
 DEFAULT_SHOTS = {"logistic": ["full", 1, 2, 5, 10, 25], "ridge": [1, 5, 10, 25]}

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.models.dense import patch_tokens
-from silc_eval.tasks import segmentation_heads as heads
+from silc_eval.machinery import heads
 from silc_eval.tasks.zeroshot_segmentation import metrics_from_meter
 
 DEFAULT_PARAMS = {"short_side": 336, "window": 224, "stride": 112, "steps": 2000, "train_batch_size": 16,

@@ -23,10 +23,10 @@ from typing import Sequence
 
 import torch
 
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.models.dense import check_variant, dense_features
-from silc_eval.tasks import segmentation_heads as heads
-from silc_eval.tasks.segmentation_metrics import IGNORE_INDEX, SegmentationMeter
+from silc_eval.machinery import heads
+from silc_eval.machinery.segmentation_metrics import IGNORE_INDEX, SegmentationMeter
 from silc_eval.tasks.zeroshot_segmentation import metrics_from_meter, query_embeddings
 
 DEFAULT_PARAMS = {"unseen_classes": [], "variant": "vanilla", "decoder": "mlp", "layers": 1, "hidden_dim": 512,

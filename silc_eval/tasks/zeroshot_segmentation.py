@@ -18,11 +18,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from silc_eval import eval_distributed
+from silc_eval.core import distributed
 from silc_eval.features import autocast_context, encode_texts
 from silc_eval.models.dense import check_variant, dense_features
-from silc_eval.tasks.dense_inference import image_normalization, prepare_image, slide_logits
-from silc_eval.tasks.segmentation_metrics import SegmentationMeter
+from silc_eval.machinery.windows import image_normalization, prepare_image, slide_logits
+from silc_eval.machinery.segmentation_metrics import SegmentationMeter
 
 DEFAULT_PARAMS = {"variant": "sclip", "short_side": 336, "window": 224, "stride": 112, "logit_scale": 40.0,
                   "prob_thd": 0.0, "area_thd": None, "batch_size": 32, "num_workers": 0, "amp": False}
@@ -128,8 +128,8 @@ def image_batches(dataset, batch_size: int, num_workers: int) -> DataLoader:
 
 def sum_over_ranks(meter: SegmentationMeter) -> SegmentationMeter:
     """Return meter after adding every rank's confusion counts into it (exact integer sums; no-op for one process)."""
-    meter.matrix = eval_distributed.all_reduce_sum(meter.matrix)
-    meter.stray_label = eval_distributed.all_reduce_sum(meter.stray_label)
+    meter.matrix = distributed.all_reduce_sum(meter.matrix)
+    meter.stray_label = distributed.all_reduce_sum(meter.stray_label)
     return meter
 
 
@@ -141,7 +141,7 @@ def slid_meter(model, dataset, window_fn, postprocess, params: dict, progress: b
     """
     meter = SegmentationMeter(dataset.num_classes, dataset.ignore_index)
     images_per_step = max(1, params["batch_size"] // 4)
-    shard = eval_distributed.shard_dataset(dataset, images_per_step)
+    shard = distributed.shard_dataset(dataset, images_per_step)
     for items in tqdm(image_batches(shard, images_per_step, params["num_workers"]), disable=not progress,
                       desc=desc, leave=False):
         logits = slide_images(model, [image for image, _, _ in items], window_fn, params)

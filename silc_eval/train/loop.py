@@ -22,12 +22,12 @@ from typing import Any
 import torch
 import yaml
 
-from silc_eval.errors import UserError
-from silc_eval.io import atomic_directory, atomic_write_text
-from silc_eval.offline import enforce_offline
-from silc_eval.provenance import git_commit, package_versions
+from silc_eval.core.errors import UserError
+from silc_eval.core.io import atomic_directory, atomic_write_text
+from silc_eval.core.offline import enforce_offline
+from silc_eval.core.provenance import git_commit, package_versions
 from silc_eval.train.augment import MultiViewTransform
-from silc_eval.train.distributed import DistEnv, all_ranks_true, barrier, init_distributed, shutdown
+from silc_eval.core.distributed import DistEnv, all_ranks_true, barrier, init_distributed, shutdown_env
 from silc_eval.train.model_config import (CONFIG_FILE, WEIGHTS_FILE, create_model, open_clip_config,
                                           save_local_dir)
 from silc_eval.train.objectives import StudentModule, build_objective
@@ -54,7 +54,7 @@ def resolve_training_data(recipe: dict[str, Any]) -> tuple[PairSource, dict[str,
     """Return (pair source, data description for the card) for the recipe's data section."""
     data = recipe["data"]
     if data["source"] == "synthscenes":
-        from silc_eval.data.synthscenes import SynthScenesConfig, ensure_synthscenes, part_fingerprint
+        from silc_eval.producers.synthscenes import SynthScenesConfig, ensure_synthscenes, part_fingerprint
 
         root = ensure_synthscenes(None, parts=("train",), config=SynthScenesConfig(n_train=data["n_train"]))
         part = root / "synthscenes" / "train"
@@ -106,7 +106,7 @@ def count_steps(recipe: dict[str, Any], n_samples: int | None) -> int:
 
 def prepare_work_folder(recipe: dict[str, Any], work: Path, env: DistEnv) -> dict[str, Any]:
     """Write tokenizer and config into the work folder (rank 0) and return the open_clip config."""
-    from silc_eval.data.synthscenes import vocabulary
+    from silc_eval.producers.synthscenes import vocabulary
 
     if env.is_main:
         work.mkdir(parents=True, exist_ok=True)
@@ -193,7 +193,7 @@ def train(recipe: dict[str, Any], output: Path, device: str = "cpu", evaluate: b
     try:
         return _train(recipe, Path(output), env, evaluate, progress, restart, keep_state, stop_after_steps, amp)
     finally:
-        shutdown(env)
+        shutdown_env(env)
 
 
 def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep_state, stop_after_steps, amp):
@@ -351,7 +351,7 @@ def export(recipe, config, student, objective, work: Path, output: Path, data_in
 
 def make_card(name: str, recipe, config, student, objective, weights: Path, data_info, run, env: DistEnv) -> dict:
     """Return the model card of a finished run, with its compute accounting (reference scores come later)."""
-    from silc_eval.data.fingerprint import file_sha256
+    from silc_eval.core.fingerprint import file_sha256
 
     views = objective.views
     return {
@@ -386,7 +386,7 @@ def add_reference_scores(folder: Path, suite: str, device: str, progress: bool) 
     import tempfile
 
     from silc_eval.registry import resolve_suite
-    from silc_eval.runner import RunConfig, run
+    from silc_eval.evaluate.runner import RunConfig, run
 
     card_path = Path(folder) / "card.yaml"
     card = yaml.safe_load(card_path.read_text())

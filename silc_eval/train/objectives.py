@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.models.vit import forward_any_size
 from silc_eval.train.augment import ViewSpec
 from silc_eval.train.distill import ViewDistillationLoss

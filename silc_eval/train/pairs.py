@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 import torch
 from PIL import Image
 
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.train.augment import sample_generator
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")

@@ -7,8 +7,8 @@ from typing import Any
 
 import yaml
 
-from silc_eval.errors import UserError
-from silc_eval.paths import zoo_dir
+from silc_eval.core.errors import UserError
+from silc_eval.core.paths import zoo_dir
 from silc_eval.registry import check_keys
 
 RECIPE_KEYS = {"name", "description", "objective", "seed", "model", "data", "optim", "eval_suite"}

@@ -31,9 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.models.vit import forward_any_size, grid_for
-from silc_eval.paths import PROJECT_ROOT
+from silc_eval.core.paths import PROJECT_ROOT
 from silc_eval.train.augment import ViewSpec
 from silc_eval.train.heads import regression_head
 from silc_eval.train.objectives import ContrastiveObjective, StudentModule

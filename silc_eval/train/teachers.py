@@ -31,9 +31,9 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from silc_eval.data.fingerprint import file_sha256
-from silc_eval.errors import UserError
-from silc_eval.offline import enforce_offline
+from silc_eval.core.fingerprint import file_sha256
+from silc_eval.core.errors import UserError
+from silc_eval.core.offline import enforce_offline
 from silc_eval.train.tokenizer import SPECIALS
 
 STUDENT_MEAN = (0.5, 0.5, 0.5)
@@ -192,7 +192,7 @@ def _load_open_clip(model_name: str, pretrained: str | None, spec: str, what: st
     """Return open_clip.create_model(model_name, pretrained) or raise a one-line UserError."""
     import open_clip
 
-    from silc_eval.quiet import quiet_root_logger
+    from silc_eval.core.quiet import quiet_root_logger
 
     try:
         with quiet_root_logger():

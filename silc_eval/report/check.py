@@ -23,8 +23,8 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from silc_eval.errors import UserError
-from silc_eval.references import Reference, parse_fraction, published_references, read_reference_file, zoo_references
+from silc_eval.core.errors import UserError
+from silc_eval.report.references import Reference, parse_fraction, published_references, read_reference_file, zoo_references
 from silc_eval.report.records import load_result_records, warn_stderr
 
 DEFAULT_TOLERANCE = 0.003

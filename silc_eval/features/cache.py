@@ -34,9 +34,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from silc_eval import __version__, eval_distributed
-from silc_eval.io import atomic_write_bytes, atomic_write_json
-from silc_eval.paths import cache_dir
+from silc_eval import __version__
+from silc_eval.core import distributed
+from silc_eval.core.io import atomic_write_bytes, atomic_write_json
+from silc_eval.core.paths import cache_dir
 
 ENV_SWITCH = "SILC_EVAL_FEATURE_CACHE"
 OFF_VALUES = {"off", "0", "false", "no", "disabled"}
@@ -182,7 +183,7 @@ def cached(parts: dict[str, Any] | None, compute: Callable[[], np.ndarray]) -> n
     """
     if parts is None or not enabled():
         return compute()
-    if eval_distributed.active():
+    if distributed.active():
         return cached_sharded(parts, compute)
     key = cache_key(parts)
     array = load(key)
@@ -207,14 +208,14 @@ def cached_sharded(parts: dict[str, Any], compute: Callable[[], np.ndarray]) -> 
     agree on hit or miss, and no rank reads a file while another writes it.
     """
     key = cache_key(parts)
-    array = load(key) if eval_distributed.is_main() else None
-    if eval_distributed.broadcast_object(array is not None):
+    array = load(key) if distributed.is_main() else None
+    if distributed.broadcast_object(array is not None):
         STATS["hits"] += 1
-        sent = eval_distributed.broadcast_tensor(torch.from_numpy(array) if array is not None else None)
+        sent = distributed.broadcast_tensor(torch.from_numpy(array) if array is not None else None)
         return sent.numpy()
     STATS["misses"] += 1
     array = compute()
-    if eval_distributed.is_main():
+    if distributed.is_main():
         try:
             store(key, parts, array)
         except OSError as exc:

@@ -7,7 +7,7 @@ import platform
 import subprocess
 from importlib import metadata
 
-from silc_eval.paths import PROJECT_ROOT
+from silc_eval.core.paths import PROJECT_ROOT
 
 TRACKED_PACKAGES = ("silc-eval", "torch", "torchvision", "open_clip_torch", "clip-benchmark", "numpy", "pandas",
                     "pillow", "transformers", "tokenizers")

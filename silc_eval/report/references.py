@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from silc_eval.errors import UserError
+from silc_eval.core.errors import UserError
 from silc_eval.models.zoo import list_zoo, reference_scores
 
 REQUIRED_COLUMNS = ("model", "benchmark", "metric", "value")

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from silc_eval import eval_distributed
-from silc_eval.errors import UserError
+from silc_eval.core import distributed
+from silc_eval.core.errors import UserError
 from silc_eval.features import autocast_context
-from silc_eval.tasks.dense_inference import image_normalization, prepare_image, short_side_size, window_boxes
-from silc_eval.tasks.segmentation_metrics import IGNORE_INDEX, SegmentationMeter
+from silc_eval.machinery.windows import image_normalization, prepare_image, short_side_size, window_boxes
+from silc_eval.machinery.segmentation_metrics import IGNORE_INDEX, SegmentationMeter
 from silc_eval.tasks.zeroshot_segmentation import image_batches, slid_meter
 
 POLY_POWER = 0.9  # mmseg's default poly learning-rate decay
@@ -117,7 +117,7 @@ def cache_features(model, dataset, feature_fn: FeatureFn, params: dict, progress
     flushed = [0]
 
     def flush() -> None:
-        if eval_distributed.owns(flushed[0]):
+        if distributed.owns(flushed[0]):
             with torch.inference_mode(), autocast_context(device, params["amp"]):
                 features.append(feature_fn(torch.cat(pending)).to("cpu", torch.float16))
         flushed[0] += 1
@@ -134,7 +134,7 @@ def cache_features(model, dataset, feature_fn: FeatureFn, params: dict, progress
                 flush()
     if pending:
         flush()
-    features = eval_distributed.gather_chunks(features, flushed[0])
+    features = distributed.gather_chunks(features, flushed[0])
     # Concatenated outside inference mode so the cache can feed autograd.
     return WindowCache(torch.cat(features), torch.cat(labels))
 

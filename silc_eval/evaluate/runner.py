@@ -11,17 +11,18 @@ from typing import Sequence
 
 import torch
 
-from silc_eval import __version__, eval_distributed
+from silc_eval import __version__
+from silc_eval.core import distributed
 from silc_eval.data.build import build_dataset, dataset_root, expected_paths, missing_paths, train_paths
-from silc_eval.errors import UserError
-from silc_eval.data.fingerprint import file_sha256
+from silc_eval.core.errors import UserError
+from silc_eval.core.fingerprint import file_sha256
 from silc_eval.models import load_model, parse_model_spec
 from silc_eval.models.loading import find_weights_file
 from silc_eval.models.zoo import list_zoo
 from silc_eval.registry import Benchmark
 from silc_eval.report.write import write_reports
 from silc_eval.report.records import read_one
-from silc_eval.results import make_record, record_path, write_record
+from silc_eval.evaluate.records import make_record, record_path, write_record
 from silc_eval.tasks import TASKS
 
 
@@ -60,7 +61,7 @@ def default_models() -> list[str]:
 
 def log(message: str) -> None:
     """Print a progress line to stderr (rank 0 only under torchrun); returns nothing."""
-    if eval_distributed.is_main():
+    if distributed.is_main():
         print(message, file=sys.stderr, flush=True)
 
 
@@ -131,7 +132,7 @@ def run(config: RunConfig) -> list[dict]:
     for spec in model_specs:
         parse_model_spec(spec)  # fail on a bad name before any data is generated or read
     benchmarks = runnable_benchmarks(config.benchmarks, config.data_root)
-    with eval_distributed.main_first():  # under torchrun rank 0 generates SynthScenes, the others then find it
+    with distributed.main_first():  # under torchrun rank 0 generates SynthScenes, the others then find it
         roots = {b.name: dataset_root(b.dataset, config.data_root, config.synthscenes_root) for b in benchmarks}
     plan = resume_plan(config, model_specs, benchmarks, roots)
     records, model_names = [], []
@@ -149,13 +150,13 @@ def run(config: RunConfig) -> list[dict]:
             if key not in datasets:
                 datasets[key] = build_dataset(benchmark.dataset, roots[benchmark.name], model.preprocess)
             record = evaluate_one(model, benchmark, datasets[key], config.device, config.progress)
-            if eval_distributed.is_main():
+            if distributed.is_main():
                 write_record(config.output, record)
             records.append(record)
             main = record["metrics"][benchmark.main_metric]
             shown = "undefined" if main is None else f"{100 * main:.2f}"
             log(f"{model.name:>28s} | {benchmark.name:<28s} {benchmark.main_metric} = {shown}")
-    if eval_distributed.is_main():
+    if distributed.is_main():
         write_reports(config.output, model_order=model_names, benchmark_order=[b.name for b in benchmarks])
     return records
 
@@ -285,9 +286,9 @@ def resume_plan(config: RunConfig, model_specs: Sequence[str], benchmarks: Seque
     """Return the run's ResumePlan (empty with --force), made on rank 0 and shared, after logging its block."""
     if config.force:
         return ResumePlan()
-    plan = plan_resume(config.output, model_specs, benchmarks, roots) if eval_distributed.is_main() else None
-    plan = eval_distributed.broadcast_object(plan)
+    plan = plan_resume(config.output, model_specs, benchmarks, roots) if distributed.is_main() else None
+    plan = distributed.broadcast_object(plan)
     block = resume_block(plan, config.output, len(model_specs) * len(benchmarks))
-    if block and eval_distributed.is_main():
+    if block and distributed.is_main():
         log(block)
     return plan

@@ -1,7 +1,8 @@
-"""Data-parallel evaluation under torchrun: which rank computes what, and how the pieces come back.
+"""torchrun for both flows: the process group (NCCL on GPUs, gloo on CPUs), and for evaluation which rank
+computes what and how the pieces come back.
 
 `torchrun --nproc_per_node N -m silc_eval run ...` starts N processes; `silc-eval run` calls
-init_from_env(), which makes the process group as training does (silc_eval.train.distributed:
+init_from_env(), which makes the process group as training does (init_distributed:
 nccl with --device cuda, each rank on its LOCAL_RANK GPU; gloo on the CPU) and turns sharding
 on. Until then every helper here is a no-op for one process, so code that runs on a single
 rank of some other job (the trainer's evaluation on rank 0) never waits on a collective.
@@ -19,16 +20,71 @@ alike and a large gather never needs world_size copies of everything on a GPU at
 from __future__ import annotations
 
 import math
+import os
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 from torch.utils.data import Subset
 
-from silc_eval.train.distributed import DistEnv, barrier, init_distributed
-from silc_eval.train.distributed import shutdown as shutdown_group
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the job and the device it trains on."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        """Return whether this process logs and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """Return whether more than one process takes part."""
+        return self.world_size > 1
+
+
+def init_distributed(device: str) -> DistEnv:
+    """Return the DistEnv from torchrun's environment, initialising the process group if WORLD_SIZE > 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return DistEnv(device=device)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def barrier(env: DistEnv) -> None:
+    """Wait for every rank (no-op for one process)."""
+    if env.distributed:
+        dist.barrier()
+
+
+def all_ranks_true(env: DistEnv, flag: bool) -> bool:
+    """Return whether flag holds on every rank."""
+    if not env.distributed:
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=env.device if env.device.startswith("cuda") else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
+
+
+def shutdown_env(env: DistEnv) -> None:
+    """Destroy the process group if one was made."""
+    if env.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
 
 GATHER_BYTES = 256 * 1024 * 1024  # per rank and round of a gather or broadcast
 
@@ -61,7 +117,7 @@ def shutdown() -> None:
     """Turn sharding off and destroy the process group init_from_env made (if any); returns nothing."""
     global _ENV
     env, _ENV = _ENV, DistEnv()
-    shutdown_group(env)
+    shutdown_env(env)
 
 
 def active() -> bool:

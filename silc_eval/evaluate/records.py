@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from silc_eval import __version__
-from silc_eval.io import atomic_write_json
-from silc_eval.provenance import git_commit, machine_description, package_versions
+from silc_eval.core.io import atomic_write_json
+from silc_eval.core.provenance import git_commit, machine_description, package_versions
 
 RECORD_SCHEMA = "silc-eval/result/v1"
 RECORDS_DIR = "records"

@@ -9,7 +9,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from silc_eval import eval_distributed, feature_cache
+from silc_eval.core import distributed
+from silc_eval.features import cache as feature_cache
 
 
 class _ImagesOnly(Dataset):
@@ -37,10 +38,10 @@ def compute_image_features(model, dataset: Dataset, batch_size: int = 256, num_w
                            progress: bool = True, desc: str = "images", normalize: bool = True) -> torch.Tensor:
     """Return float32 image embeddings (N, D) on the CPU in dataset order, always running the model (no cache).
 
-    Under torchrun (silc_eval.eval_distributed on) each rank encodes its block of whole batches and
+    Under torchrun (silc_eval.core.distributed on) each rank encodes its block of whole batches and
     every rank gets all N rows back in dataset order.
     """
-    shard = eval_distributed.shard_dataset(_ImagesOnly(dataset), batch_size)
+    shard = distributed.shard_dataset(_ImagesOnly(dataset), batch_size)
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=model.device.type == "cuda")
     chunks = []
@@ -49,7 +50,7 @@ def compute_image_features(model, dataset: Dataset, batch_size: int = 256, num_w
             chunks.append(model.encode_image(images.to(model.device, non_blocking=True), normalize=normalize).float().cpu())
             feature_cache.STATS["images_computed"] += len(images)
     local = torch.cat(chunks) if chunks else torch.empty(0)
-    return eval_distributed.gather_in_order(local, len(dataset))
+    return distributed.gather_in_order(local, len(dataset))
 
 
 def encode_images(model, dataset: Dataset, batch_size: int = 256, num_workers: int = 0, amp: bool = False,
@@ -57,7 +58,7 @@ def encode_images(model, dataset: Dataset, batch_size: int = 256, num_workers: i
                   split: str | None = None) -> torch.Tensor:
     """Return float32 image embeddings (N, D) on the CPU, in dataset order (L2-normalised unless normalize=False).
 
-    Served from the feature cache (silc_eval.feature_cache) when the same model weights, dataset
+    Served from the feature cache (silc_eval.features.cache) when the same model weights, dataset
     fingerprint, split (default: dataset.split when it has one), eval transform, normalisation and
     precision were encoded before; computed and stored otherwise.
     """
@@ -77,7 +78,7 @@ def encode_texts(model, texts: Sequence[str], batch_size: int = 1024, amp: bool 
 
     Under torchrun each rank encodes its block of whole batches and every rank gets all N rows.
     """
-    shard = eval_distributed.shard_indices(len(texts), batch_size)
+    shard = distributed.shard_indices(len(texts), batch_size)
     chunks = []
     with torch.inference_mode(), autocast_context(model.device, amp):
         for start in tqdm(range(shard.start, shard.stop, batch_size), desc=f"encode {desc}", disable=not progress,
@@ -85,4 +86,4 @@ def encode_texts(model, texts: Sequence[str], batch_size: int = 1024, amp: bool 
             tokens = model.tokenize(list(texts[start:min(start + batch_size, shard.stop)])).to(model.device)
             chunks.append(model.encode_text(tokens, normalize=True).float().cpu())
     local = torch.cat(chunks) if chunks else torch.empty(0)
-    return eval_distributed.gather_in_order(local, len(texts))
+    return distributed.gather_in_order(local, len(texts))

@@ -1,0 +1,1 @@
+"""Shared task machinery: prompt ensembling, sliding windows, segmentation metrics, trained heads, probes."""

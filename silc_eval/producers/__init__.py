@@ -1,0 +1,1 @@
+"""Producers beside the flows: they write datasets (SynthScenes, COCO-Object label maps); nothing reads through them."""
