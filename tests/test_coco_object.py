@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from silc_eval.cli import main
-from silc_eval.data import coco_object
+from silc_eval.producers import coco_object
 from silc_eval.producers.coco_object import category_labels, manifest_path, prepare_coco_object
 from silc_eval.data.segmentation import segmentation_dataset
 from silc_eval.core.errors import UserError

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from silc_eval.data import synthscenes as ss
+from silc_eval.producers import synthscenes as ss
 from silc_eval.producers.synthscenes_render import stuff_texture
 from silc_eval.core.fingerprint import file_sha256
 from silc_eval.core.errors import UserError
