@@ -110,10 +110,10 @@ def cmd_run(args) -> int:
     from silc_eval.core import distributed
     from silc_eval.features.cache import switched_off
     from silc_eval.registry import resolve_benchmarks, resolve_suite
-    from silc_eval.evaluate.runner import RunConfig, check_device, run
+    from silc_eval.evaluate.runner import RunConfig, run
 
     benchmarks = resolve_benchmarks(args.benchmark) if args.benchmark else resolve_suite(args.suite or "all")
-    check_device(args.device)
+    distributed.check_device(args.device)
     # Under torchrun: shard the work over the ranks; only rank 0 writes and prints.
     with distributed.session(args.device) as device, switched_off(args.no_feature_cache):
         main = distributed.is_main()
@@ -196,7 +196,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from silc_eval.evaluate.runner import check_device
+    from silc_eval.core.distributed import check_device
     from silc_eval.train.loop import train
     from silc_eval.train.recipe import load_recipe
 

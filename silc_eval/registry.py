@@ -10,28 +10,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from silc_eval.core.errors import UserError
 from silc_eval.core.paths import benchmarks_dir
+from silc_eval.core.schema import check_keys, load_yaml_mapping
+from silc_eval.data.formats import format_of
+from silc_eval.core.contract import Task
 from silc_eval.tasks import TASKS
 
 BENCHMARK_REQUIRED = {"name", "task", "dataset", "main_metric", "group"}
 BENCHMARK_OPTIONAL = {"params", "description"}
 SUITE_REQUIRED = {"name", "benchmarks"}
 SUITE_OPTIONAL = {"description"}
-DATASET_SOURCES = ("synthscenes", "data-root")
-DATASET_FIELDS = {
-    "imagefolder": ({"name", "source", "format", "root", "classnames"}, {"templates", "train_root"}),
-    "karpathy": ({"name", "source", "format", "annotations", "images"}, {"split"}),
-    "coco_captions": ({"name", "source", "format", "annotations", "images"}, set()),
-    "clip_benchmark": ({"name", "source", "format", "dataset", "root"},
-                       {"split", "train_split", "classnames", "templates"}),
-    "wds": ({"name", "source", "format", "root"}, {"split", "train_split", "classnames", "templates"}),
-    "mmseg": ({"name", "source", "format", "images", "annotations", "num_classes", "classes"},
-              {"split_file", "image_suffix", "annotation_suffix", "templates", "reduce_zero_label", "train",
-               "background_name"}),
-}
 
 
 @dataclass(frozen=True)
@@ -48,9 +38,14 @@ class Benchmark:
     file: Path | None = None
     suite: str | None = None  # the suite this benchmark was resolved from (a suite run skips missing data)
 
+    @property
+    def task_spec(self) -> Task:
+        """Return the contract of this benchmark's task."""
+        return TASKS[self.task]
+
     def protocol(self) -> dict[str, Any]:
-        """Return the task's default parameters overlaid with this benchmark's."""
-        return {**TASKS[self.task].DEFAULT_PARAMS, **self.params}
+        """Return the task's default parameters overlaid with this benchmark's (validated when it was loaded)."""
+        return self.task_spec.protocol(self.params, str(self.file or self.name))
 
 
 @dataclass(frozen=True)
@@ -63,74 +58,41 @@ class Suite:
     file: Path | None = None
 
 
-def _load_yaml_mapping(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a YAML mapping at the top level")
-    return data
-
-
-def check_keys(path: Path, what: str, data: dict, required: set, optional: set) -> None:
-    """Raise a UserError naming path for the first unknown key or missing required field of data."""
-    unknown = sorted(set(data) - required - optional)
-    if unknown:
-        raise UserError(f"{path}: unknown key '{unknown[0]}' in {what}; allowed keys: "
-                        f"{', '.join(sorted(required | optional))}")
-    missing = sorted(required - set(data))
-    if missing:
-        raise UserError(f"{path}: missing field '{missing[0]}' in {what}; required: {', '.join(sorted(required))}")
-
-
 def parse_benchmark(path: Path) -> Benchmark:
-    """Return the Benchmark declared in path, validating every key; errors are UserErrors naming the file."""
-    data = _load_yaml_mapping(path)
+    """Return the Benchmark declared in path after checking it against its task's contract (keys, dataset
+    format, kind and splits, parameter types and ranges, main metric); errors are UserErrors naming the file."""
+    data = load_yaml_mapping(path)
     check_keys(path, "benchmark", data, BENCHMARK_REQUIRED, BENCHMARK_OPTIONAL)
     if data["name"] != path.stem:
         raise UserError(f"{path}: name '{data['name']}' must equal the file name '{path.stem}'")
-    task = data["task"]
-    if task not in TASKS:
-        raise UserError(f"{path}: unknown task '{task}'; expected one of {', '.join(sorted(TASKS))}")
-    dataset = data["dataset"]
-    if not isinstance(dataset, dict) or dataset.get("format") not in DATASET_FIELDS:
-        raise UserError(f"{path}: dataset.format must be one of {', '.join(sorted(DATASET_FIELDS))}")
-    if dataset["format"] not in TASKS[task].DATASET_FORMATS:
-        raise UserError(f"{path}: task {task} reads {', '.join(TASKS[task].DATASET_FORMATS)} datasets, "
-                        f"not {dataset['format']}")
-    required, optional = DATASET_FIELDS[dataset["format"]]
-    check_keys(path, "dataset", dataset, required, optional)
-    if dataset["source"] not in DATASET_SOURCES:
-        raise UserError(f"{path}: dataset.source must be one of {', '.join(DATASET_SOURCES)}")
-    if dataset["format"] == "mmseg":
-        from silc_eval.data.segmentation import check_declaration
-
-        check_declaration(dataset, path)
-    if dataset["format"] == "clip_benchmark":
-        from silc_eval.data.clip_benchmark_bridge import layout_paths
-
-        from silc_eval.data.clip_benchmark_bridge import RETRIEVAL_DATASETS
-
-        try:
-            layout_paths(dataset["dataset"], dataset.get("split", "test"))
-        except UserError as exc:
-            raise UserError(f"{path}: {exc}") from None
-        if (task == "retrieval") != (dataset["dataset"] in RETRIEVAL_DATASETS):
-            raise UserError(f"{path}: clip-benchmark dataset '{dataset['dataset']}' does not fit task {task}; "
-                            f"retrieval reads {', '.join(RETRIEVAL_DATASETS)}, classification the others")
+    if data["task"] not in TASKS:
+        raise UserError(f"{path}: unknown task '{data['task']}'; expected one of {', '.join(sorted(TASKS))}")
+    task, dataset = TASKS[data["task"]], data["dataset"]
+    fmt = format_of(dataset, str(path))
+    if dataset["format"] not in task.formats:
+        raise UserError(f"{path}: task {task.name} reads {', '.join(task.formats)} datasets, not {dataset['format']}")
+    if fmt.kind(dataset) != task.data_kind:
+        raise UserError(f"{path}: dataset {dataset['name']} holds {fmt.kind(dataset)} data; task {task.name} needs "
+                        f"{task.data_kind} data")
+    for split in task.splits:
+        if not fmt.has_split(dataset, split):
+            raise UserError(f"{path}: task {task.name} needs a {split} split, which dataset {dataset['name']} does not "
+                            f"declare (imagefolder: train_root; clip_benchmark/wds: train_split; mmseg: a 'train:' "
+                            f"mapping)")
     params = data.get("params") or {}
-    unknown = sorted(set(params) - set(TASKS[task].DEFAULT_PARAMS))
-    if unknown:
-        raise UserError(f"{path}: unknown parameter '{unknown[0]}' for task {task}; allowed: "
-                        f"{', '.join(sorted(TASKS[task].DEFAULT_PARAMS))}")
-    return Benchmark(name=data["name"], task=task, group=data["group"], main_metric=data["main_metric"],
+    if not isinstance(params, dict):
+        raise UserError(f"{path}: params must be a mapping of parameter names to values")
+    task.protocol(params, str(path))
+    if not isinstance(data["main_metric"], str) or task.metric_of(data["main_metric"]) is None:
+        raise UserError(f"{path}: main_metric {data['main_metric']!r} is not a metric of task {task.name}; expected "
+                        f"one of {', '.join(m.pattern for m in task.metrics)}")
+    return Benchmark(name=data["name"], task=task.name, group=data["group"], main_metric=data["main_metric"],
                      dataset=dataset, params=params, description=data.get("description", ""), file=path)
 
 
 def parse_suite(path: Path) -> Suite:
     """Return the Suite declared in path, validating every key."""
-    data = _load_yaml_mapping(path)
+    data = load_yaml_mapping(path)
     check_keys(path, "suite", data, SUITE_REQUIRED, SUITE_OPTIONAL)
     if data["name"] != path.stem:
         raise UserError(f"{path}: name '{data['name']}' must equal the file name '{path.stem}'")

@@ -226,3 +226,11 @@ def cb_zeroshot_classification(monkeypatch):
 
     monkeypatch.setattr(zeroshot_classification, "float", _numpy_safe_float, raising=False)
     return zeroshot_classification
+
+
+def evaluate_task(task, model, data, params=None, progress=False):
+    """Return the metrics of a task (a Task or a task module) on data: a dataset (the eval split) or a dict of
+    splits; params are checked against the task's contract and completed with its defaults."""
+    task = getattr(task, "TASK", task)
+    splits = data if isinstance(data, dict) else {"eval": data}
+    return task.evaluate(model, splits, task.protocol(params or {}, "test"), progress=progress).metrics

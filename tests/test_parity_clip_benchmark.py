@@ -18,7 +18,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from conftest import evaluate_task
+
 from silc_eval.data.readers import retrieval_collate
+from silc_eval.machinery.prompts import ensemble_prompts
 from silc_eval.models.zoo import list_zoo
 from silc_eval.tasks import TASKS, retrieval, zeroshot_classification
 
@@ -46,12 +49,12 @@ def _load_zoo_model(name: str):
 
 
 def _zoo_benchmark_dataset(benchmark_name: str, model):
-    from silc_eval.data.build import build_dataset, dataset_root
+    from silc_eval.evaluate.api import build_splits, dataset_root
     from silc_eval.registry import resolve_benchmarks
 
     (benchmark,) = resolve_benchmarks([benchmark_name])
     root = dataset_root(benchmark.dataset, None, None)
-    return benchmark, build_dataset(benchmark.dataset, root, model.preprocess)
+    return benchmark, build_splits(benchmark, root, model.preprocess)["eval"]
 
 
 def reference_classification(cb, model, dataset, params) -> dict[str, float]:
@@ -104,8 +107,8 @@ def tiny_retrieval_dataset(tiny_model, tiny_retrieval_dir):
 
 @pytest.fixture(scope="module")
 def tiny_classification_ours(tiny_model, tiny_classification_dataset):
-    return zeroshot_classification.evaluate(tiny_model, tiny_classification_dataset,
-                                            dict(zeroshot_classification.DEFAULT_PARAMS), progress=False)
+    return evaluate_task(zeroshot_classification, tiny_model, tiny_classification_dataset,
+                                            dict(zeroshot_classification.TASK.default_params), progress=False)
 
 
 def test_tiny_classification_metrics_are_not_trivial(tiny_model, tiny_classification_dataset,
@@ -121,7 +124,7 @@ def test_tiny_classification_metrics_are_not_trivial(tiny_model, tiny_classifica
     assert abs(metrics["acc1"] - metrics["mean_per_class_recall"]) > 1e-3
     assert metrics["acc1"] < metrics["acc5"]
     dataset = tiny_classification_dataset
-    classifier = zeroshot_classification.class_embeddings(tiny_model, dataset.classes, dataset.templates)
+    classifier = ensemble_prompts(tiny_model, dataset.classes, dataset.templates).T
     predictions = (encode_images(tiny_model, dataset, progress=False) @ classifier).argmax(dim=1)
     assert len(predictions.unique()) >= 3
 
@@ -132,7 +135,7 @@ def test_tiny_classification_parity_check_detects_perturbations(tiny_model, tiny
     from silc_eval.data.readers import ImageFolderClassification
 
     fixture = tiny_classification_dir
-    params = zeroshot_classification.DEFAULT_PARAMS
+    params = zeroshot_classification.TASK.default_params
     reference = reference_classification(cb_zeroshot_classification, tiny_model,
                                          fixture.dataset(tiny_model.preprocess), params)
     names = fixture.classnames
@@ -142,32 +145,32 @@ def test_tiny_classification_parity_check_detects_perturbations(tiny_model, tiny
     }
     for label, (classnames, templates) in perturbed.items():
         dataset = ImageFolderClassification(fixture.image_root, classnames, templates, transform=tiny_model.preprocess)
-        ours = zeroshot_classification.evaluate(tiny_model, dataset, dict(params), progress=False)
+        ours = evaluate_task(zeroshot_classification, tiny_model, dataset, dict(params), progress=False)
         assert differs(ours, reference, CLASSIFICATION_METRICS), label
     # Template order does not matter (the ensemble is a mean): still equal.
     reordered = ImageFolderClassification(fixture.image_root, names, fixture.templates[::-1],
                                           transform=tiny_model.preprocess)
-    ours = zeroshot_classification.evaluate(tiny_model, reordered, dict(params), progress=False)
+    ours = evaluate_task(zeroshot_classification, tiny_model, reordered, dict(params), progress=False)
     assert_same_metrics(ours, reference, CLASSIFICATION_METRICS)
     assert_same_metrics(tiny_classification_ours, ours, CLASSIFICATION_METRICS)
 
 
 def test_tiny_classification_batch_size_does_not_change_metrics(tiny_model, tiny_classification_dataset,
                                                                tiny_classification_ours):
-    params = {**zeroshot_classification.DEFAULT_PARAMS, "batch_size": 5}
-    ours = zeroshot_classification.evaluate(tiny_model, tiny_classification_dataset, params, progress=False)
+    params = {**zeroshot_classification.TASK.default_params, "batch_size": 5}
+    ours = evaluate_task(zeroshot_classification, tiny_model, tiny_classification_dataset, params, progress=False)
     assert_same_metrics(ours, tiny_classification_ours, CLASSIFICATION_METRICS)
 
 
 @pytest.fixture(scope="module")
 def tiny_retrieval_ours(tiny_model, tiny_retrieval_dataset):
-    return retrieval.evaluate(tiny_model, tiny_retrieval_dataset, dict(retrieval.DEFAULT_PARAMS), progress=False)
+    return evaluate_task(retrieval, tiny_model, tiny_retrieval_dataset, dict(retrieval.TASK.default_params), progress=False)
 
 
 def test_tiny_retrieval_matches_clip_benchmark_with_uneven_batches(tiny_model, tiny_retrieval_dataset,
                                                                   tiny_retrieval_ours):
     # clip_benchmark's image indices come from the batch boundaries; 12 images in batches of 5.
-    params = {**retrieval.DEFAULT_PARAMS, "batch_size": 5}
+    params = {**retrieval.TASK.default_params, "batch_size": 5}
     reference = reference_retrieval(tiny_model, tiny_retrieval_dataset, params)
     assert_same_metrics(tiny_retrieval_ours, reference, RETRIEVAL_METRICS)
 
@@ -179,8 +182,8 @@ def test_tiny_retrieval_metrics_are_not_trivial_and_perturbation_is_caught(tiny_
     assert 0.0 < metrics["text_retrieval_recall@1"] < 1.0
     # Shift every image's captions to the next image: a wrong caption->image index must show.
     shifted = _ShiftedCaptions(tiny_retrieval_dataset)
-    ours = retrieval.evaluate(tiny_model, shifted, dict(retrieval.DEFAULT_PARAMS), progress=False)
-    reference = reference_retrieval(tiny_model, tiny_retrieval_dataset, retrieval.DEFAULT_PARAMS)
+    ours = evaluate_task(retrieval, tiny_model, shifted, dict(retrieval.TASK.default_params), progress=False)
+    reference = reference_retrieval(tiny_model, tiny_retrieval_dataset, retrieval.TASK.default_params)
     assert differs(ours, reference, RETRIEVAL_METRICS)
 
 
@@ -206,7 +209,7 @@ def _resolve_case(model_name: str, benchmark_name: str, request):
         model = request.getfixturevalue("tiny_model")
         fixture_name = {"zeroshot_classification": "tiny_classification_dataset",
                         "retrieval": "tiny_retrieval_dataset"}[benchmark_name]
-        return model, benchmark_name, request.getfixturevalue(fixture_name), dict(TASKS[benchmark_name].DEFAULT_PARAMS)
+        return model, benchmark_name, request.getfixturevalue(fixture_name), dict(TASKS[benchmark_name].default_params)
     model = _load_zoo_model(model_name)
     benchmark, dataset = _zoo_benchmark_dataset(benchmark_name, model)
     return model, benchmark.task, dataset, benchmark.protocol()
@@ -215,7 +218,7 @@ def _resolve_case(model_name: str, benchmark_name: str, request):
 @pytest.mark.parametrize("model_name,benchmark_name", PARITY_CASES)
 def test_evaluate_matches_clip_benchmark(model_name, benchmark_name, request, cb_zeroshot_classification):
     model, task, dataset, params = _resolve_case(model_name, benchmark_name, request)
-    ours = TASKS[task].evaluate(model, dataset, params, progress=False)
+    ours = evaluate_task(TASKS[task], model, dataset, params, progress=False)
     if task == "zeroshot_classification":
         reference = reference_classification(cb_zeroshot_classification, model, dataset, params)
         names = CLASSIFICATION_METRICS

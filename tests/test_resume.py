@@ -190,7 +190,7 @@ def test_a_killed_run_resumes_to_the_results_of_an_uninterrupted_one(tmp_path, t
 
 def test_a_changed_dataset_declaration_is_a_changed_input():
     from silc_eval import __version__
-    from silc_eval.evaluate.runner import as_json, changed_inputs
+    from silc_eval.evaluate.resume import as_json, changed_inputs
 
     (benchmark,) = resolve_benchmarks(["synthscenes-linear-probe"])
     record = {"model": {"sha256": "a" * 64}, "provenance": {"silc_eval_version": __version__},

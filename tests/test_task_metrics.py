@@ -10,10 +10,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import balanced_accuracy_score
 
+from silc_eval.machinery.prompts import ensemble_prompts
 from silc_eval.tasks.retrieval import retrieval_metrics, topk_hits
-from silc_eval.tasks.zeroshot_classification import (
-    class_embeddings, classification_metrics, mean_per_class_recall, topk_accuracies,
-)
+from silc_eval.tasks.zeroshot_classification import classification_metrics, mean_per_class_recall, outcomes, score
 
 # ----------------------------------------------------------------------------- classification accuracy
 
@@ -43,13 +42,15 @@ def test_hand_made_mean_per_class_recall_ignores_classes_absent_from_targets():
     assert metrics["mean_per_class_recall"] != pytest.approx(metrics["acc1"])
 
 
-def test_topk_accuracies_any_k_and_k_at_least_classes():
-    accuracies = topk_accuracies(HAND_LOGITS, HAND_TARGETS, (1, 2, 3, 6, 7))
-    assert accuracies[1] == pytest.approx(2 / 5)
-    assert accuracies[2] == pytest.approx(4 / 5)
-    assert accuracies[3] == pytest.approx(4 / 5)
-    assert accuracies[6] == pytest.approx(1.0)  # k == classes: every target is somewhere in the ranking
-    assert math.isnan(accuracies[7])  # k > classes is undefined, as acc5 with fewer than 5 classes
+def test_outcomes_keep_the_sorted_top5_and_the_metrics_follow_from_them_alone():
+    samples = outcomes(HAND_LOGITS, HAND_TARGETS)
+    assert samples["top5"].shape == (5, 5) and samples["top5"][2].tolist() == [0, 1, 2, 3, 4]
+    assert samples["prediction"].tolist() == [0, 0, 0, 2, 3]
+    # the same outcomes, with the logits gone, give the same metrics
+    assert score({k: v.copy() for k, v in samples.items()}) == classification_metrics(HAND_LOGITS, HAND_TARGETS)
+    # a flipped top-1 changes acc1 but not acc5
+    samples["top5"][1, [0, 1]] = samples["top5"][1, [1, 0]]
+    assert score(samples)["acc1"] == pytest.approx(3 / 5) and score(samples)["acc5"] == pytest.approx(4 / 5)
 
 
 def test_acc5_is_nan_with_four_classes():
@@ -248,7 +249,7 @@ def test_retrieval_with_repeated_captions_matches_clip_benchmark(seed, chunk_siz
 
 def test_class_embeddings_equal_direct_per_class_computation(tiny_model, tiny_classification_dir):
     classnames, templates = tiny_classification_dir.classnames, tiny_classification_dir.templates
-    ours = class_embeddings(tiny_model, classnames, templates)
+    ours = ensemble_prompts(tiny_model, classnames, templates).T
     assert ours.shape == (32, len(classnames))
     columns = []
     with torch.no_grad():
@@ -267,10 +268,10 @@ def test_class_embeddings_equal_clip_benchmark_zero_shot_classifier(tiny_model, 
     from clip_benchmark.metrics.zeroshot_classification import zero_shot_classifier
 
     classnames, templates = tiny_classification_dir.classnames, tiny_classification_dir.templates
-    ours = class_embeddings(tiny_model, classnames, templates)
+    ours = ensemble_prompts(tiny_model, classnames, templates).T
     reference = zero_shot_classifier(tiny_model.model, tiny_model.tokenizer, classnames, templates, "cpu", amp=False)
     assert reference.shape == ours.shape
     torch.testing.assert_close(ours, reference.float(), atol=1e-5, rtol=0)
     # A single template gives a different classifier: the ensembling is really exercised.
-    single = class_embeddings(tiny_model, classnames, templates[:1])
+    single = ensemble_prompts(tiny_model, classnames, templates[:1]).T
     assert (single - reference).abs().max() > 1e-3

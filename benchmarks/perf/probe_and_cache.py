@@ -99,7 +99,7 @@ def measure_sweep(model_spec: str, repeats: int) -> None:
     """Print the probe sweep times on one model's cached SynthScenes features."""
     import statistics
 
-    from silc_eval.data.build import build_dataset, dataset_root
+    from silc_eval.evaluate.api import build_splits, dataset_root
     from silc_eval.features import encode_images
     from silc_eval.models import load_model
     from silc_eval.registry import resolve_benchmarks
@@ -107,14 +107,14 @@ def measure_sweep(model_spec: str, repeats: int) -> None:
 
     benchmark = resolve_benchmarks(["synthscenes-linear-probe"])[0]
     model = load_model(model_spec)
-    test = build_dataset(benchmark.dataset, dataset_root(benchmark.dataset, None, None), model.preprocess)
-    train = linear_probe.train_split_of(test, test.transform)
+    splits = build_splits(benchmark, dataset_root(benchmark.dataset, None, None), model.preprocess)
+    train, test = splits["train"], splits["eval"]
     x_tr = encode_images(model, train, progress=False, split="train")
-    x_te = encode_images(model, test, progress=False, split="val")
+    x_te = encode_images(model, test, progress=False, split="eval")
     import torch
 
     y_tr, y_te = torch.as_tensor(train.targets), torch.as_tensor(test.targets)
-    base = {**linear_probe.DEFAULT_PARAMS, "seeds": [0, 1, 2]}
+    base = {**linear_probe.TASK.default_params, "seeds": [0, 1, 2]}
     cases = {"logistic k-shot sweep (5 shots x 3 seeds)": {**base, "shots": [1, 2, 5, 10, 25]},
              "logistic full data (3 seeds)": {**base, "shots": ["full"]},
              "ridge k-shot sweep (4 shots x 3 seeds)": {**base, "protocol": "ridge", "shots": [1, 5, 10, 25]}}

@@ -30,34 +30,24 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from silc_eval.models.dense import dense_features  # noqa: E402
-from silc_eval.tasks import zeroshot_segmentation as zs  # noqa: E402
-from silc_eval.machinery.windows import image_normalization, prepare_image, window_boxes  # noqa: E402
+from silc_eval.machinery import dense_segmentation as ds  # noqa: E402
+from silc_eval.machinery.prompts import query_embeddings  # noqa: E402
+from silc_eval.machinery.windows import normalization_tensors, prepare_image, window_boxes  # noqa: E402
 from silc_eval.machinery.segmentation_metrics import SegmentationMeter  # noqa: E402
+from silc_eval.models.open_clip_model import OpenClipModel  # noqa: E402
 
 
-class RandomArchModel:
-    """A randomly initialised open_clip architecture with the OpenClipModel attributes segmentation uses."""
+def random_arch_model(arch: str, seed: int = 0) -> OpenClipModel:
+    """Return a randomly initialised open_clip architecture wrapped as an OpenClipModel (no weights downloaded).
 
-    def __init__(self, arch: str, seed: int = 0):
-        import open_clip
+    Its sha256 is not a digest, so the feature cache never serves or stores its features.
+    """
+    import open_clip
 
-        torch.manual_seed(seed)
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
-        self.model.eval()
-        self.tokenizer = open_clip.get_tokenizer(arch)
-        self.name = f"{arch} (random init)"
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def tokenize(self, texts):
-        return self.tokenizer(list(texts))
-
-    def encode_text(self, tokens, normalize=False):
-        features = self.model.encode_text(tokens)
-        return F.normalize(features, dim=-1) if normalize else features
+    torch.manual_seed(seed)
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
+    return OpenClipModel(model, open_clip.get_tokenizer(arch), preprocess, f"{arch} (random init)", "-",
+                         "random-init", arch)
 
 
 def load_inputs(args):
@@ -70,12 +60,12 @@ def load_inputs(args):
         if getattr(args, key) is not None:
             params[key] = getattr(args, key)
     if args.arch:
-        model = RandomArchModel(args.arch)
+        model = random_arch_model(args.arch)
     else:
         from silc_eval.models import load_model
 
         model = load_model(args.model)
-    model.model.to(args.device)
+    model.to(args.device)
     if args.synthetic:
         height, width = (int(v) for v in args.synthetic.split("x"))
         generator = torch.Generator().manual_seed(0)
@@ -86,9 +76,9 @@ def load_inputs(args):
         classes = [[f"class {i}"] for i in range(num_classes)]
         templates = ["a photo of a {c}."]
     else:
-        from silc_eval.data.build import build_dataset, dataset_root
+        from silc_eval.evaluate.api import build_splits, dataset_root
 
-        dataset = build_dataset(benchmark.dataset, dataset_root(benchmark.dataset, None, None), None)
+        dataset = build_splits(benchmark, dataset_root(benchmark.dataset, None, None), None)["eval"]
         items = [dataset[i] for i in range(min(args.n_images, len(dataset)))]
         images, labels = [i[0] for i in items], [i[1] for i in items]
         classes, templates = dataset.classes, dataset.templates
@@ -97,7 +87,7 @@ def load_inputs(args):
 
 def per_window_loop(model, images, text, query_class, num_classes, params):
     """SCLIP's structure: one image at a time, one window at a time. Returns the class maps."""
-    mean, std = image_normalization(model)
+    mean, std = normalization_tensors(model)
     window, stride = params["window"], params["stride"]
     predictions = []
     with torch.inference_mode():
@@ -106,7 +96,7 @@ def per_window_loop(model, images, text, query_class, num_classes, params):
             total = None
             count = torch.zeros(x.shape[-2:], device=x.device)
             for top, bottom, left, right in window_boxes(x.shape[-2], x.shape[-1], window, stride):
-                features, _ = dense_features(model.model.visual, x[None, :, top:bottom, left:right], params["variant"])
+                features = model.dense_features(x[None, :, top:bottom, left:right], params["variant"]).float()
                 logits = torch.einsum("bhwe,qe->bqhw", F.normalize(features, dim=-1), text)
                 logits = F.interpolate(logits, size=(bottom - top, right - left), mode="bilinear", align_corners=False)
                 if total is None:
@@ -115,14 +105,14 @@ def per_window_loop(model, images, text, query_class, num_classes, params):
                 count[top:bottom, left:right] += 1
             averaged = F.interpolate((total / count)[None], size=tuple(image.shape[-2:]), mode="bilinear",
                                      align_corners=False)[0]
-            probs = zs.class_probabilities(averaged, query_class, num_classes, params["logit_scale"])
-            predictions.append(zs.predict_classes(probs, params["prob_thd"], params["area_thd"]))
+            probs = ds.class_probabilities(averaged, query_class, num_classes, params["logit_scale"])
+            predictions.append(ds.predict_classes(probs, params["prob_thd"], params["area_thd"]))
     return predictions
 
 
 def bare_windows(model, images, params):
     """Return every window of every prepared image, stacked per shape (no model work)."""
-    mean, std = image_normalization(model)
+    mean, std = normalization_tensors(model)
     stacks: dict[tuple[int, int], list[torch.Tensor]] = {}
     for image in images:
         x = prepare_image(image.to(model.device), params["short_side"], mean, std)
@@ -135,7 +125,7 @@ def bare_forward(model, stacks, params):
     with torch.inference_mode():
         for stack in stacks:
             for start in range(0, len(stack), params["batch_size"]):
-                dense_features(model.model.visual, stack[start:start + params["batch_size"]], params["variant"])
+                model.dense_features(stack[start:start + params["batch_size"]], params["variant"])
 
 
 def synchronise(device: str) -> None:
@@ -208,14 +198,14 @@ def main() -> int:
     args = parser.parse_args()
 
     model, images, labels, classes, templates, params = load_inputs(args)
-    text, query_class = zs.query_embeddings(model, classes, templates)
+    text, query_class = query_embeddings(model, classes, templates)
     text = text.to(args.device)
     num_classes = len(classes)
     stacks = bare_windows(model, images, params)
     n_windows = sum(len(s) for s in stacks)
 
     def batched():
-        return zs.segment(model, images, text, query_class, num_classes, params)
+        return ds.segment(model, images, text, query_class, num_classes, params)
 
     def looped():
         return per_window_loop(model, images, text, query_class, num_classes, params)

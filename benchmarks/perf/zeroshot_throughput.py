@@ -1,7 +1,8 @@
 """Zero-shot classification throughput: silc_eval vs clip_benchmark vs the bare image tower.
 
 On one model and one benchmark dataset, in one process, measures images/s of
-  (a) silc_eval.tasks.zeroshot_classification.evaluate (classifier + image loading + metrics),
+  (a) the zeroshot_classification task's evaluate (classifier + image loading + metrics), with the
+      feature cache switched off so every run encodes every image,
   (b) clip_benchmark.metrics.zeroshot_classification.evaluate over a DataLoader of the same dataset,
   (c) model.model.encode_image alone on pre-loaded, pre-transformed tensors (the upper limit),
   (+) the input pipeline alone (DataLoader: PNG decode + transform + collate, no model),
@@ -100,9 +101,16 @@ def timed(fn, device: torch.device):
 
 
 def run_ours(model, dataset, params):
-    from silc_eval.tasks import zeroshot_classification
+    """Return the metrics of the zeroshot_classification task on dataset, the feature cache switched off.
 
-    return zeroshot_classification.evaluate(model, dataset, params, progress=False)
+    With the cache on, every run after the first would read the image features from disk and
+    (a) would time cache hits instead of the image tower.
+    """
+    from silc_eval.features.cache import switched_off
+    from silc_eval.tasks import TASKS
+
+    with switched_off():
+        return TASKS["zeroshot_classification"].evaluate(model, {"eval": dataset}, params, progress=False).metrics
 
 
 def run_clip_benchmark(cb, model, dataset, params):
@@ -170,7 +178,7 @@ def main(argv=None) -> int:
 
 
 def measure(args, parser, scratch: Path) -> int:
-    from silc_eval.data.build import build_dataset, dataset_root
+    from silc_eval.evaluate.api import build_splits, dataset_root
     from silc_eval.models import load_model
     from silc_eval.registry import resolve_benchmarks
 
@@ -185,7 +193,7 @@ def measure(args, parser, scratch: Path) -> int:
     model = load_model(model_spec, device=args.device)
     device = model.device
     root = dataset_root(benchmark.dataset, args.data_root, args.synthscenes_root)
-    dataset = build_dataset(benchmark.dataset, root, model.preprocess)
+    dataset = build_splits(benchmark, root, model.preprocess)["eval"]
     cb = clip_benchmark_classification()
     n = len(dataset)
 

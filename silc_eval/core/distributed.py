@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Subset
 
+from silc_eval.core.errors import UserError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -288,3 +290,14 @@ def broadcast_tensor(tensor: torch.Tensor | None) -> torch.Tensor:
         pieces.append(piece.cpu())
     joined = torch.cat(pieces) if pieces else torch.empty(0, width, dtype=torch.uint8)
     return _from_bytes(joined, trailing, dtype).reshape(shape)
+
+
+def check_device(device: str) -> None:
+    """Raise UserError unless device is 'cpu' or an available CUDA device; returns None."""
+    if device == "cpu":
+        return
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device} asked for, but no CUDA device is available; use --device cpu")
+        return
+    raise UserError(f"unknown device '{device}'; expected cpu or cuda[:N]")

@@ -26,13 +26,18 @@ from silc_eval.core.fingerprint import fingerprint_files
 from silc_eval.data.metadata import is_packaged, load_names
 from silc_eval.data.readers import load_rgb
 from silc_eval.core.errors import UserError
+from silc_eval.core.labels import IGNORE_INDEX
+from silc_eval.core.schema import check_keys
 from silc_eval.core.paths import benchmarks_dir
 
-IGNORE_INDEX = 255  # the same as tasks.segmentation_metrics.IGNORE_INDEX (not imported: tasks import this module)
 BENCHMARKS_PREFIX = "benchmarks:"
 DEFAULT_TEMPLATES = "clip_benchmark:imagenet1k"
 DEFAULT_IMAGE_SUFFIX = ".jpg"
 DEFAULT_ANNOTATION_SUFFIX = ".png"
+# Keys of an `mmseg` declaration besides name, source and format (the format table in formats.py checks them).
+REQUIRED_KEYS = {"images", "annotations", "num_classes", "classes"}
+OPTIONAL_KEYS = {"split_file", "image_suffix", "annotation_suffix", "templates", "reduce_zero_label", "train",
+                 "background_name"}
 # Keys of the optional `train` mapping; what it leaves out is taken from the top level.
 TRAIN_REQUIRED = {"images", "annotations"}
 TRAIN_OPTIONAL = {"split_file", "classes", "num_classes", "image_suffix", "annotation_suffix", "reduce_zero_label"}
@@ -77,14 +82,9 @@ def _positive_int(value: Any, what: str, where: str) -> int:
 def check_declaration(dataset: dict, where: str | Path) -> None:
     """Raise a UserError naming `where` (the benchmark file) for a malformed `mmseg` declaration; returns None.
 
-    Checks the top-level keys against registry.DATASET_FIELDS['mmseg'], the `train`
-    mapping's keys, and the types of num_classes and reduce_zero_label.
+    The top-level keys are checked by the format table (formats.py); this checks the `train`
+    mapping's keys and the types of num_classes and reduce_zero_label.
     """
-    from silc_eval.registry import DATASET_FIELDS, check_keys  # registry imports the tasks: import late
-
-    path = Path(str(where))
-    required, optional = DATASET_FIELDS["mmseg"]
-    check_keys(path, "dataset", dataset, required, optional)
     _positive_int(dataset["num_classes"], "dataset.num_classes", str(where))
     if not isinstance(dataset.get("reduce_zero_label", False), bool):
         raise UserError(f"{where}: dataset.reduce_zero_label must be true or false")
@@ -94,7 +94,7 @@ def check_declaration(dataset: dict, where: str | Path) -> None:
     if not isinstance(train, dict):
         raise UserError(f"{where}: dataset.train must be a mapping with keys images, annotations and optionally "
                         f"{', '.join(sorted(TRAIN_OPTIONAL))}")
-    check_keys(path, "dataset.train", train, TRAIN_REQUIRED, TRAIN_OPTIONAL)
+    check_keys(where, "dataset.train", train, TRAIN_REQUIRED, TRAIN_OPTIONAL)
     if ("classes" in train) != ("num_classes" in train):
         raise UserError(f"{where}: dataset.train needs classes and num_classes together (or neither, to reuse "
                         f"the top-level ones)")
@@ -104,12 +104,20 @@ def check_declaration(dataset: dict, where: str | Path) -> None:
         raise UserError(f"{where}: dataset.train.reduce_zero_label must be true or false")
 
 
-def split_view(dataset: dict, split: str = "val") -> dict:
+def reduce_zero_label(label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Return label with 0 -> ignore_index and every other class shifted down by one (mmseg's convention)."""
+    label = label.long()
+    reduced = label - 1
+    reduced[(label == 0) | (label == ignore_index)] = ignore_index
+    return reduced
+
+
+def split_view(dataset: dict, split: str = "eval") -> dict:
     """Return the declaration as seen by one split: for 'train', the `train` mapping over the top-level keys."""
-    if split == "val":
+    if split == "eval":
         return dict(dataset)
     if split != "train":
-        raise UserError(f"dataset {dataset['name']}: unknown split '{split}'; expected val or train")
+        raise UserError(f"dataset {dataset['name']}: unknown split '{split}'; expected eval or train")
     if "train" not in dataset:
         raise UserError(f"dataset {dataset['name']} declares no training split: add a 'train:' mapping "
                         f"(images, annotations, optionally split_file, classes, num_classes) under 'dataset:' "
@@ -182,11 +190,8 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, image_paths: list[Path], annotation_paths: list[Path], classes: list[list[str]],
                  templates: list[str], reduce_zero_label: bool = False, name: str = "segmentation",
-                 fingerprint: str = "", declaration: dict | None = None, root: Path | None = None,
-                 background_name: str | None = None):
+                 fingerprint: str = "", background_name: str | None = None):
         self.name = name
-        # the declaration and root it was built from, so a task can build the other split (train_split)
-        self.declaration, self.root = declaration, root
         self.image_paths, self.annotation_paths = list(image_paths), list(annotation_paths)
         self.classes = [list(names) for names in classes]
         # display names: the first name of each line, except class 0 when the declaration names its
@@ -219,8 +224,6 @@ class SegmentationDataset(Dataset):
                             f"{self.image_paths[index]} is {size[0]}x{size[1]}; expected the same size")
         label = torch.from_numpy(raw.astype(np.int64))
         if self.reduce_zero_label:
-            from silc_eval.machinery.segmentation_metrics import reduce_zero_label  # late: silc_eval.tasks imports us
-
             label = reduce_zero_label(label, self.ignore_index)
         values = torch.unique(label)
         bad = values[((values < 0) | (values >= self.num_classes)) & (values != self.ignore_index)]
@@ -245,9 +248,9 @@ class SegmentationDataset(Dataset):
         return list(images), list(labels), torch.tensor(indices, dtype=torch.int64)
 
 
-def segmentation_dataset(dataset: dict, root: Path, split: str = "val",
+def segmentation_dataset(dataset: dict, root: Path, split: str = "eval",
                          where: str | Path | None = None) -> SegmentationDataset:
-    """Return the SegmentationDataset of an `mmseg` declaration's split ('val' or 'train'), reading under root.
+    """Return the SegmentationDataset of an `mmseg` declaration's split ('eval' or 'train'), reading under root.
 
     where names the benchmark file in error messages (default: the dataset's name).
     """
@@ -270,5 +273,4 @@ def segmentation_dataset(dataset: dict, root: Path, split: str = "val",
     return SegmentationDataset(image_paths, annotation_paths, classes, templates,
                                reduce_zero_label=view.get("reduce_zero_label", False),
                                name=f"{dataset['name']}/{split}", fingerprint=fingerprint,
-                               declaration=dataset, root=root,
-                               background_name=dataset.get("background_name") if split == "val" else None)
+                               background_name=dataset.get("background_name") if split == "eval" else None)

@@ -2,7 +2,7 @@
 
 Shared by the open-vocabulary and the linear-probe tasks:
 
-- the training split of a declaration (its `train` block);
+- the protocol parameters both declare (window geometry, optimiser, seed);
 - a cache of frozen features of every training window, computed once under inference mode
   (each train image resized to the short side, labels with nearest, padded with ignore up
   to the window if smaller, then cut into the sliding-window boxes of evaluation);
@@ -25,43 +25,34 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from silc_eval.core import distributed
-from silc_eval.core.errors import UserError
+from silc_eval.core.labels import IGNORE_INDEX
+from silc_eval.core.params import Param, boolean, integer, number
 from silc_eval.features import autocast_context
-from silc_eval.machinery.windows import image_normalization, prepare_image, short_side_size, window_boxes
-from silc_eval.machinery.segmentation_metrics import IGNORE_INDEX, SegmentationMeter
-from silc_eval.tasks.zeroshot_segmentation import image_batches, slid_meter
+from silc_eval.machinery.dense_segmentation import image_batches, slid_meter
+from silc_eval.machinery.segmentation_metrics import SegmentationMeter
+from silc_eval.machinery.windows import normalization_tensors, prepare_image, short_side_size, window_boxes
 
 POLY_POWER = 0.9  # mmseg's default poly learning-rate decay
-POSITIVE_INT_PARAMS = ("short_side", "window", "stride", "train_batch_size", "batch_size")
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # windows (N, 3, h, w) -> features (N, gh, gw, D)
 
 
-def check_training_params(params: dict, task: str, min_steps: int = 1) -> None:
-    """Raise a UserError for a non-positive size or learning rate, or fewer than min_steps steps; returns None."""
-    steps = params["steps"]
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < min_steps:
-        raise UserError(f"{task}: parameter steps must be an integer >= {min_steps}, got {steps!r}")
-    for key in POSITIVE_INT_PARAMS:
-        value = params[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UserError(f"{task}: parameter {key} must be a positive integer, got {value!r}")
-    cap = params.get("max_train_images")
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-        raise UserError(f"{task}: parameter max_train_images must be a positive integer or null, got {cap!r}")
-    if not isinstance(params["lr"], (int, float)) or params["lr"] <= 0:
-        raise UserError(f"{task}: parameter lr must be a positive number, got {params['lr']!r}")
-
-
-def train_split(dataset):
-    """Return the training SegmentationDataset of the declaration dataset was built from (its `train` block)."""
-    from silc_eval.data.segmentation import segmentation_dataset
-
-    declaration, root = getattr(dataset, "declaration", None), getattr(dataset, "root", None)
-    if declaration is None or root is None:
-        raise UserError(f"dataset {getattr(dataset, 'name', '?')} carries no declaration to find its training "
-                        f"split; expected an mmseg dataset with a 'train:' block in its benchmark file")
-    return segmentation_dataset(declaration, root, split="train")
+def training_params(min_steps: int = 1, weight_decay: float = 1e-4) -> dict[str, Param]:
+    """Return the protocol parameters of a head trained on cached windows (both trained-head tasks)."""
+    return {
+        "short_side": integer(336, 1, doc="evaluation and training images are resized to this short side"),
+        "window": integer(224, 1, doc="sliding-window size"),
+        "stride": integer(112, 1, doc="sliding-window stride"),
+        "steps": integer(2000, min_steps, doc="optimiser steps of the head"),
+        "train_batch_size": integer(16, 1, doc="cached windows per training step"),
+        "lr": number(1e-3, above=0.0),
+        "weight_decay": number(weight_decay, minimum=0.0),
+        "seed": integer(0),
+        "max_train_images": integer(None, 1, nullable=True, doc="a seeded subset of the training split"),
+        "batch_size": integer(32, 1, doc="windows per forward pass"),
+        "num_workers": integer(0, 0),
+        "amp": boolean(False),
+    }
 
 
 @dataclass
@@ -109,7 +100,7 @@ def cache_features(model, dataset, feature_fn: FeatureFn, params: dict, progress
     share of the window batches, so each batch is the one a single process would form; every rank
     then holds all features in order (and trains the same seeded head on them).
     """
-    mean, std = image_normalization(model)
+    mean, std = normalization_tensors(model)
     window, device = params["window"], model.device
     label_dtype = torch.uint8 if dataset.num_classes < IGNORE_INDEX else torch.int16
     dataset = subset_for_training(dataset, params.get("max_train_images"), params["seed"])

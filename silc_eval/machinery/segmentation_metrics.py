@@ -1,25 +1,28 @@
 """Semantic segmentation metrics exactly as mmseg's IoUMetric computes them (PROTOCOLS.md section 4).
 
-Per image, a confusion matrix over valid pixels (label != ignore_index) is added to a
-dataset-level total; IoU_c = I_c / U_c and Acc_c = I_c / label_c from the totals; mIoU and
-mAcc are NaN-means over classes (a class absent from both predictions and labels gives NaN
-and is dropped); aAcc = sum I / sum label. The confusion matrix is one bincount per image,
-on CPU or GPU.
+Per image, a confusion matrix over valid pixels (label != ignore_index) gives that image's
+per-class intersection, union, predicted and labelled pixel counts; those per-image counts
+are the task's per-sample outcomes. The dataset-level metrics come from their SUMS:
+IoU_c = I_c / U_c and Acc_c = I_c / label_c; mIoU and mAcc are NaN-means over classes (a
+class absent from both predictions and labels gives NaN and is dropped); aAcc = sum I /
+sum label. The confusion matrix is one bincount per image, on CPU or GPU.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Mapping, Sequence
+
+import numpy as np
 import torch
 
-IGNORE_INDEX = 255
+from silc_eval.core import distributed
+from silc_eval.core.contract import Metric
+from silc_eval.core.labels import IGNORE_INDEX
 
-
-def reduce_zero_label(label: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Return label with 0 -> ignore_index and every other class shifted down by one (mmseg's convention)."""
-    label = label.long()
-    reduced = label - 1
-    reduced[(label == 0) | (label == ignore_index)] = ignore_index
-    return reduced
+COUNT_FIELDS = ("intersect", "union", "pred_label", "label")  # per image, per class
+# The metrics every segmentation task reports (the open-vocabulary task adds its seen/unseen means).
+SEGMENTATION_METRICS = (Metric("mIoU"), Metric("mAcc"), Metric("aAcc"), Metric("IoU.{class}"))
 
 
 def confusion_matrix(prediction: torch.Tensor, label: torch.Tensor, num_classes: int,
@@ -40,36 +43,81 @@ def confusion_matrix(prediction: torch.Tensor, label: torch.Tensor, num_classes:
     return matrix, stray
 
 
+def image_counts(prediction: torch.Tensor, label: torch.Tensor, num_classes: int,
+                 ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Return one image's (4, num_classes) int64 counts: intersect, union, pred_label, label (COUNT_FIELDS)."""
+    matrix, stray = confusion_matrix(prediction, label, num_classes, ignore_index)
+    intersect = matrix.diagonal()
+    pred, area = matrix.sum(dim=0), matrix.sum(dim=1) + stray
+    return torch.stack([intersect, pred + area - intersect, pred, area]).cpu()
+
+
+def scores_from_counts(counts: Mapping[str, np.ndarray]) -> dict[str, object]:
+    """Return mIoU, mAcc, aAcc (fractions) and per-class IoU / Acc lists (NaN for absent classes) from
+    per-image counts {field: (N, C)} (COUNT_FIELDS), summed over the images."""
+    total = {name: np.asarray(counts[name], dtype=np.int64).sum(axis=0).astype(np.float64) for name in COUNT_FIELDS}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = total["intersect"] / total["union"]
+        acc = total["intersect"] / total["label"]
+        accuracy = total["intersect"].sum() / total["label"].sum()
+    return {"mIoU": _nanmean(iou), "mAcc": _nanmean(acc), "aAcc": float(accuracy),
+            "per_class_iou": iou.tolist(), "per_class_acc": acc.tolist()}
+
+
+def _nanmean(values: np.ndarray) -> float:
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if kept.size else math.nan
+
+
 class SegmentationMeter:
-    """Dataset-level sums of intersection, union, predicted and labelled areas per class."""
+    """The per-image counts of a dataset, image by image, and the dataset-level metrics of their sums."""
 
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
         self.num_classes, self.ignore_index = num_classes, ignore_index
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-        self.stray_label = torch.zeros(num_classes, dtype=torch.int64)
+        self.rows: list[torch.Tensor] = []
 
     def update(self, prediction: torch.Tensor, label: torch.Tensor) -> None:
         """Add one image's (H, W) prediction and label; returns nothing."""
         if prediction.shape != label.shape:
             raise ValueError(f"prediction {tuple(prediction.shape)} and label {tuple(label.shape)} differ in size")
-        matrix, stray = confusion_matrix(prediction, label, self.num_classes, self.ignore_index)
-        self.matrix += matrix.cpu()
-        self.stray_label += stray.cpu()
+        self.rows.append(image_counts(prediction, label, self.num_classes, self.ignore_index))
 
-    def areas(self) -> dict[str, torch.Tensor]:
-        """Return per-class float64 totals: intersect, union, pred_label, label."""
-        intersect = self.matrix.diagonal().double()
-        area_pred = self.matrix.sum(dim=0).double()
-        area_label = self.matrix.sum(dim=1).double() + self.stray_label.double()
-        return {"intersect": intersect, "union": area_pred + area_label - intersect, "pred_label": area_pred,
-                "label": area_label}
+    def gather(self, total: int) -> "SegmentationMeter":
+        """Return self after joining every rank's rows in dataset order (each rank held a contiguous block of
+        the total images; no-op for one process)."""
+        local = torch.stack(self.rows) if self.rows else torch.empty(0, len(COUNT_FIELDS), self.num_classes,
+                                                                     dtype=torch.int64)
+        self.rows = list(distributed.gather_in_order(local, total))
+        return self
+
+    def counts(self) -> dict[str, np.ndarray]:
+        """Return the per-image counts {field: (N, C) int64} (COUNT_FIELDS)."""
+        stacked = torch.stack(self.rows).numpy() if self.rows else np.zeros((0, 4, self.num_classes), np.int64)
+        return {name: stacked[:, i] for i, name in enumerate(COUNT_FIELDS)}
 
     def compute(self) -> dict[str, object]:
         """Return mIoU, mAcc, aAcc (fractions) and per-class IoU / Acc lists (NaN for absent classes)."""
-        areas = self.areas()
-        with torch.no_grad():
-            iou = areas["intersect"] / areas["union"]
-            acc = areas["intersect"] / areas["label"]
-        return {"mIoU": float(torch.nanmean(iou)), "mAcc": float(torch.nanmean(acc)),
-                "aAcc": float(areas["intersect"].sum() / areas["label"].sum()),
-                "per_class_iou": iou.tolist(), "per_class_acc": acc.tolist()}
+        return scores_from_counts(self.counts())
+
+
+def per_class_metrics(scores: Mapping[str, object], class_names: Sequence[str]) -> dict[str, float | None]:
+    """Return mIoU, mAcc, aAcc and one 'IoU.<class>' entry per class (None where the class is absent)."""
+    metrics: dict[str, float | None] = {"mIoU": scores["mIoU"], "mAcc": scores["mAcc"], "aAcc": scores["aAcc"]}
+    for name, iou in zip(class_names, scores["per_class_iou"]):
+        metrics[f"IoU.{name}"] = None if math.isnan(iou) else iou
+    return metrics
+
+
+def counts_samples(meter: SegmentationMeter, class_names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Return a segmentation task's per-sample outcomes: per image and class the four counts (int32 when
+    they fit), and the class names (a unicode array, so the sidecar needs no pickle)."""
+    counts = meter.counts()
+    narrow = all(int(a.max(initial=0)) < 2 ** 31 for a in counts.values())
+    samples = {name: a.astype(np.int32 if narrow else np.int64) for name, a in counts.items()}
+    samples["class_names"] = np.array(list(class_names), dtype=str)
+    return samples
+
+
+def segmentation_score(samples: Mapping[str, np.ndarray], params: Mapping | None = None) -> dict[str, float | None]:
+    """Return mIoU, mAcc, aAcc and IoU.<class> of a segmentation task's per-sample outcomes (counts_samples)."""
+    return per_class_metrics(scores_from_counts(samples), [str(n) for n in samples["class_names"]])

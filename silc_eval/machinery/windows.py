@@ -13,19 +13,15 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import Normalize
 
 LONG_SIDE_CAP = 2048
 
 
-def image_normalization(model) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return the (mean, std) tensors (3, 1, 1) of the model's eval preprocessing (CLIP's if none is found)."""
-    for transform in getattr(model.preprocess, "transforms", []):
-        if isinstance(transform, Normalize):
-            return (torch.tensor(transform.mean, dtype=torch.float32).view(3, 1, 1),
-                    torch.tensor(transform.std, dtype=torch.float32).view(3, 1, 1))
-    return (torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1),
-            torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1))
+def normalization_tensors(model) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the model's eval (mean, std) as float32 tensors of shape (3, 1, 1)."""
+    mean, std = model.normalization
+    return (torch.tensor(mean, dtype=torch.float32).view(3, 1, 1),
+            torch.tensor(std, dtype=torch.float32).view(3, 1, 1))
 
 
 def short_side_size(height: int, width: int, short_side: int, long_cap: int = LONG_SIDE_CAP) -> tuple[int, int]:

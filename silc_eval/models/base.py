@@ -1,4 +1,4 @@
-"""The protocol every evaluated model satisfies."""
+"""The protocol every evaluated model satisfies: the only way tasks reach a model."""
 
 from __future__ import annotations
 
@@ -12,14 +12,24 @@ class VLModel(Protocol):
     """A two-tower image-text model as the tasks see it.
 
     name: display name used in tables; sha256: hex digest of the weights file (the
-    model's identity in provenance); preprocess: PIL image -> CHW tensor for eval.
-    Dense (per-patch) features are added by the segmentation work through the same adapter.
+    model's identity in provenance); preprocess: PIL image -> CHW tensor for eval;
+    normalization: the (mean, std) per channel that preprocess applies, which the
+    segmentation tasks apply themselves to raw pixels.
     """
 
     name: str
     sha256: str
     source: str
+    architecture: str
     preprocess: Callable
+
+    @property
+    def device(self) -> torch.device:
+        """Return the device the weights live on."""
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Return the (mean, std) per RGB channel of the eval preprocessing."""
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Return token ids (N, context_length) for texts."""
@@ -30,6 +40,10 @@ class VLModel(Protocol):
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Return text embeddings (N, D)."""
 
-    @property
-    def device(self) -> torch.device:
-        """Return the device the weights live on."""
+    def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Return last-layer patch tokens after the final norm, before the projection, (B, gh, gw, D),
+        for normalised images (B, 3, H, W) whose sides are multiples of the patch size."""
+
+    def dense_features(self, images: torch.Tensor, variant: str = "vanilla") -> torch.Tensor:
+        """Return patch embeddings in the joint image-text space (B, gh, gw, E), not normalised, of one
+        training-free last-block variant (models/dense.py: vanilla, maskclip, sclip, clearclip, naclip)."""

@@ -6,6 +6,12 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import Normalize
+
+from silc_eval.models import dense
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class OpenClipModel:
@@ -25,6 +31,14 @@ class OpenClipModel:
     def device(self) -> torch.device:
         """Return the device of the model's first parameter."""
         return next(self.model.parameters()).device
+
+    @property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Return the (mean, std) of the preprocessing's Normalize (OpenAI CLIP's when it has none)."""
+        for transform in getattr(self.preprocess, "transforms", []):
+            if isinstance(transform, Normalize):
+                return tuple(transform.mean), tuple(transform.std)
+        return OPENAI_MEAN, OPENAI_STD
 
     def to(self, device: str | torch.device) -> "OpenClipModel":
         """Move the weights to device; returns self."""
@@ -46,3 +60,11 @@ class OpenClipModel:
         """Return text embeddings (N, D), L2-normalised if asked."""
         features = self.model.encode_text(tokens)
         return F.normalize(features, dim=-1) if normalize else features
+
+    def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Return last-layer patch tokens (B, gh, gw, D) after the final LayerNorm, before the projection."""
+        return dense.patch_tokens(self.model.visual, images)[0]
+
+    def dense_features(self, images: torch.Tensor, variant: str = "vanilla") -> torch.Tensor:
+        """Return projected patch embeddings (B, gh, gw, E) of a dense variant (models/dense.py)."""
+        return dense.dense_features(self.model.visual, images, variant)[0]

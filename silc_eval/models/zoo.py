@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from silc_eval.core.errors import UserError
+from silc_eval.core.schema import load_yaml_mapping
 from silc_eval.core.paths import zoo_dir
 
 CARD_FILE = "card.yaml"
@@ -35,14 +33,8 @@ def list_zoo() -> list[ZooEntry]:
 
 
 def read_card(path: Path) -> dict[str, Any]:
-    """Return a model card parsed from YAML; a malformed card is a UserError."""
-    try:
-        card = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"model card {path} could not be read: {str(exc).splitlines()[0]}") from None
-    if not isinstance(card, dict):
-        raise UserError(f"model card {path} must be a YAML mapping")
-    return card
+    """Return a model card parsed from YAML; an unreadable or malformed card is a UserError naming it."""
+    return load_yaml_mapping(Path(path))
 
 
 def get_zoo_entry(name: str) -> ZooEntry | None:

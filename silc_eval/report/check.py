@@ -25,7 +25,8 @@ from typing import Callable, Iterable, Sequence
 
 from silc_eval.core.errors import UserError
 from silc_eval.report.references import Reference, parse_fraction, published_references, read_reference_file, zoo_references
-from silc_eval.report.records import load_result_records, warn_stderr
+from silc_eval.core.log import warn as warn_stderr
+from silc_eval.report.records import load_result_records
 
 DEFAULT_TOLERANCE = 0.003
 TWO_SIDED_METRICS = ("*_std",)

@@ -11,35 +11,33 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import yaml
-
+from silc_eval.core.errors import UserError
 from silc_eval.core.paths import zoo_dir
+from silc_eval.models import zoo
+from silc_eval.models.loading import local_dir_folder
+from silc_eval.models.zoo import CARD_FILE
 
-LOCAL_DIR_PREFIX = "local-dir:"
-CARD_FILE = "card.yaml"
 COMPUTE_COLUMNS = ["images_seen", "training_flops"]
 
 
 def card_path(source: str) -> Path | None:
     """Return where the card of a model spec would be (a zoo name or local-dir:FOLDER), else None."""
-    if source.startswith(LOCAL_DIR_PREFIX):
-        return Path(source[len(LOCAL_DIR_PREFIX):]).expanduser() / CARD_FILE
+    folder = local_dir_folder(source)
+    if folder is not None:
+        return folder / CARD_FILE
     if source and ":" not in source and "/" not in source:
         return zoo_dir() / source / CARD_FILE
     return None
 
 
-def read_card(path: Path) -> tuple[dict | None, str | None]:
+def read_card_softly(path: Path) -> tuple[dict | None, str | None]:
     """Return (card, None), (None, None) when there is no card, or (None, why it could not be used)."""
     if not path.is_file():
         return None, None
     try:
-        card = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        return None, f"model card {path} could not be read ({exc.__class__.__name__})"
-    if not isinstance(card, dict):
-        return None, f"model card {path} is not a YAML mapping"
-    return card, None
+        return zoo.read_card(path), None
+    except UserError as exc:
+        return None, f"model card {exc}"
 
 
 def number(value: Any) -> float:
@@ -55,7 +53,7 @@ def model_compute(record: dict[str, Any], warn: Callable[[str], None]) -> dict[s
     path = card_path(record["model"]["source"])
     if path is None:
         return empty
-    card, problem = read_card(path)
+    card, problem = read_card_softly(path)
     if problem:
         warn(f"{problem}; compute columns of {record['model']['name']} left empty")
     if card is None:

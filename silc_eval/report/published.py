@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
-import yaml
 
 from silc_eval.core.errors import UserError
 from silc_eval.core.paths import PROJECT_ROOT
+from silc_eval.core.schema import load_yaml
 
 PUBLISHED_SCHEMA = "silc-eval/published/v1"
 TOP_KEYS = {"schema", "description", "undefined_benchmarks", "entries"}
@@ -53,6 +53,8 @@ def _fail(path: Path, message: str) -> UserError:
 
 
 def _check_keys(path: Path, where: str, data: dict, allowed: set, required: set = frozenset()) -> None:
+    """Like silc_eval.core.schema.check_keys (same 'PATH: what is wrong; what was expected' form), but in the
+    words of this file's table: 'unknown column' / "missing 'KEY'", which users of published.yaml see."""
     unknown = sorted(str(k) for k in set(data) - allowed)
     if unknown:
         raise _fail(path, f"unknown column '{unknown[0]}' in {where}; allowed: {', '.join(sorted(allowed))}")
@@ -120,10 +122,7 @@ def load_published(path: Path | None = None, defined_benchmarks: Iterable[str] |
     if not path.is_file():
         raise UserError(f"published numbers file {path} not found; expected a YAML file like "
                         f"model_zoo/published.yaml")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = load_yaml(path)
     if defined_benchmarks is None:
         from silc_eval.registry import load_benchmarks
 

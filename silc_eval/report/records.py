@@ -4,28 +4,23 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from silc_eval.core.errors import UserError
-from silc_eval.evaluate.records import RECORD_SCHEMA, RECORDS_DIR
+from silc_eval.core.log import warn as warn_stderr
+from silc_eval.core.records import RECORD_SCHEMA, RECORD_SCHEMA_V1, RECORDS_DIR
 
 # (section, key) pairs a record must carry for the report to place it.
 REQUIRED_FIELDS = [("model", "name"), ("model", "sha256"), ("model", "source"), ("benchmark", "name"),
                    ("benchmark", "task"), ("benchmark", "group"), ("benchmark", "main_metric")]
 
 
-def warn_stderr(message: str) -> None:
-    """Print one warning line on stderr; returns nothing."""
-    print(f"silc-eval: warning: {message}", file=sys.stderr, flush=True)
-
-
 def record_problem(record: Any) -> str | None:
     """Return why a parsed JSON value is not a usable result record, or None when it is one."""
     if not isinstance(record, dict):
         return f"not a silc-eval result record (a JSON {type(record).__name__}; expected an object)"
-    if record.get("schema") != RECORD_SCHEMA:
+    if record.get("schema") not in (RECORD_SCHEMA, RECORD_SCHEMA_V1):
         return f"not a silc-eval result record (schema {record.get('schema')!r}; expected '{RECORD_SCHEMA}')"
     for section, key in REQUIRED_FIELDS:
         value = record.get(section, {}).get(key) if isinstance(record.get(section), dict) else None

@@ -18,9 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from silc_eval.core.errors import UserError
+from silc_eval.core.schema import load_yaml
 from silc_eval.models.zoo import list_zoo, reference_scores
 
 REQUIRED_COLUMNS = ("model", "benchmark", "metric", "value")
@@ -104,10 +103,7 @@ def _csv_rows(path: Path, ignore_unknown: bool) -> list[tuple[dict, str]]:
 
 def _yaml_rows(path: Path, ignore_unknown: bool) -> list[tuple[dict, str]]:
     """Return (row, where) pairs of a reference YAML (a list of mappings, or {references: [...]})."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = load_yaml(path)
     if isinstance(data, dict) and "references" in data:
         data = data["references"]
     if not isinstance(data, list) or not all(isinstance(row, dict) for row in data):

@@ -15,7 +15,8 @@ import pandas as pd
 from silc_eval.core.errors import UserError
 from silc_eval.core.io import atomic_write_text
 from silc_eval.report.build import Report, build_report
-from silc_eval.report.records import load_result_records, warn_stderr
+from silc_eval.core.log import warn as warn_stderr
+from silc_eval.report.records import load_result_records
 from silc_eval.report.tables import MEAN_COLUMN, results_table
 
 FORMATS = ("md", "csv", "html")

@@ -1,18 +1,11 @@
-"""Tasks: one module per task, each with DEFAULT_PARAMS, METRICS, DATASET_FORMATS and evaluate()."""
+"""The task registry: one module per task, each defining TASK (the contract in core/contract.py)."""
 
 from __future__ import annotations
 
-from types import ModuleType
+from silc_eval.core.contract import Task
+from silc_eval.tasks import (linear_probe, linear_segmentation, openvocab_segmentation, retrieval,
+                             zeroshot_classification, zeroshot_segmentation)
 
-from silc_eval.tasks import linear_probe
-from silc_eval.tasks import (linear_segmentation, openvocab_segmentation, retrieval, zeroshot_classification,
-                             zeroshot_segmentation)
-
-TASKS: dict[str, ModuleType] = {
-    "zeroshot_classification": zeroshot_classification,
-    "retrieval": retrieval,
-    "zeroshot_segmentation": zeroshot_segmentation,
-    "openvocab_segmentation": openvocab_segmentation,
-    "linear_segmentation": linear_segmentation,
-    "linear_probe": linear_probe,
-}
+TASKS: dict[str, Task] = {module.TASK.name: module.TASK for module in (
+    zeroshot_classification, retrieval, zeroshot_segmentation, openvocab_segmentation, linear_segmentation,
+    linear_probe)}

@@ -10,39 +10,54 @@ closed-form ridge regressor (L2 `l2_reg`). Test = the benchmark's evaluation spl
 
 Metrics: acc1_full_mean/std and acc1_{k}shot_mean/std over seeds (fractions). A shot count
 that some class cannot supply is reported as NaN with one line on stderr.
+Per-sample outcomes: per shot setting, per seed, per test image the predicted class.
 """
 
 from __future__ import annotations
 
 import math
-import sys
+from typing import Mapping
 
 import numpy as np
 import torch
 
 from silc_eval.core.errors import UserError
+from silc_eval.core.log import note
+from silc_eval.core.params import boolean, choice, custom, int_list, integer, number
 from silc_eval.features import encode_images
 from silc_eval.machinery import probes as pt
+from silc_eval.core.contract import Metric, Outcome, Task
 
 PROTOCOLS = ("logistic", "ridge")
 DEFAULT_SHOTS = {"logistic": ["full", 1, 2, 5, 10, 25], "ridge": [1, 5, 10, 25]}
-DEFAULT_PARAMS = {
-    "protocol": "logistic",
-    "shots": None,  # None: the protocol's default list above
-    "seeds": [0, 1, 2],
-    "normalize": True,
-    "lr": 0.1,
-    "epochs": 10,
-    "batch_size": 64,
-    "val_proportion": 0.2,
-    "fewshot_weight_decay": "search",
-    "l2_reg": 1024.0,
-    "encode_batch_size": 256,
-    "num_workers": 0,
-    "amp": False,
+NOT_RUN = -1  # the prediction stored for a shot setting that could not run
+
+
+def _valid_shots(value) -> bool:
+    return value is None or (isinstance(value, list) and bool(value) and all(
+        s == "full" or (isinstance(s, int) and not isinstance(s, bool) and s >= 1) for s in value))
+
+
+def _valid_weight_decay(value) -> bool:
+    return value == "search" or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0)
+
+
+PARAMS = {
+    "protocol": choice("logistic", PROTOCOLS, doc="logistic (CLIP_benchmark) or ridge (big_vision few-shot)"),
+    "shots": custom(None, _valid_shots, "null or a non-empty list of 'full' and positive integers",
+                    doc="null: the protocol's default list"),
+    "seeds": int_list([0, 1, 2]),
+    "normalize": boolean(True),
+    "lr": number(0.1, above=0.0),
+    "epochs": integer(10, 1),
+    "batch_size": integer(64, 1),
+    "val_proportion": number(0.2, above=0.0, maximum=0.99),
+    "fewshot_weight_decay": custom("search", _valid_weight_decay, "'search' or a number >= 0"),
+    "l2_reg": number(1024.0, minimum=0.0),
+    "encode_batch_size": integer(256, 1),
+    "num_workers": integer(0, 0),
+    "amp": boolean(False),
 }
-METRICS = ("acc1_full_mean", "acc1_full_std", "acc1_{k}shot_mean", "acc1_{k}shot_std")
-DATASET_FORMATS = ("imagefolder",)
 
 
 def shot_name(shot) -> str:
@@ -50,37 +65,13 @@ def shot_name(shot) -> str:
     return "full" if shot == "full" else f"{shot}shot"
 
 
-def check_params(params: dict) -> tuple[str, list, list[int]]:
-    """Return (protocol, shots, seeds) after validating params; mistakes are UserErrors."""
-    protocol = params["protocol"]
-    if protocol not in PROTOCOLS:
-        raise UserError(f"linear_probe protocol '{protocol}' is unknown; expected one of {', '.join(PROTOCOLS)}")
-    shots = params["shots"] if params["shots"] is not None else DEFAULT_SHOTS[protocol]
-    if not isinstance(shots, list) or not shots or any(
-            s != "full" and (isinstance(s, bool) or not isinstance(s, int) or s < 1) for s in shots):
-        raise UserError(f"linear_probe shots {shots!r} is invalid; expected a list of 'full' and positive integers")
-    seeds = params["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise UserError(f"linear_probe seeds {seeds!r} is invalid; expected a non-empty list of integers")
-    wd = params["fewshot_weight_decay"]
-    if wd != "search" and (isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0):
-        raise UserError(f"linear_probe fewshot_weight_decay {wd!r} is invalid; expected 'search' or a number >= 0")
-    if not 0 < params["val_proportion"] < 1:
-        raise UserError(f"linear_probe val_proportion {params['val_proportion']} is invalid; expected 0 < p < 1")
-    return protocol, list(dict.fromkeys(shots)), seeds
+def shot_list(params: Mapping) -> list:
+    """Return the shot settings of params (the protocol's default list when shots is null), without repeats."""
+    shots = params["shots"] if params["shots"] is not None else DEFAULT_SHOTS[params["protocol"]]
+    return list(dict.fromkeys(shots))
 
 
-def train_split_of(dataset, transform):
-    """Return the training split of an imagefolder dataset built by silc_eval.data.build (needs train_root)."""
-    from silc_eval.data.build import build_dataset
-
-    if getattr(dataset, "declaration", None) is None:
-        raise UserError("linear_probe needs a dataset built from a benchmark declaration with train_root; "
-                        "got a dataset without one")
-    return build_dataset(dataset.declaration, dataset.root, transform, split="train")
-
-
-def _logistic_run(shot, seed: int, x_tr, y_tr, x_te, y_te, num_classes: int, params: dict) -> float:
+def _logistic_run(shot, seed: int, x_tr, y_tr, x_te, num_classes: int, params: Mapping) -> torch.Tensor:
     config = pt.LogisticConfig(lr=params["lr"], epochs=params["epochs"], batch_size=params["batch_size"])
     train_idx, val_idx = pt.carve_validation(y_tr.cpu().numpy(), num_classes, params["val_proportion"], seed)
     labels = y_tr.cpu().numpy()
@@ -98,58 +89,84 @@ def _logistic_run(shot, seed: int, x_tr, y_tr, x_te, y_te, num_classes: int, par
         all_idx = torch.as_tensor(np.concatenate([train_idx, val_idx]))
         fit_x, fit_y = x_tr[all_idx], y_tr[all_idx]
     w, b = pt.train_logistic(fit_x, fit_y, num_classes, [decay], seed, config)
-    return pt.top1(pt.predict(w, b, x_te), y_te).item()
+    return pt.predict(w, b, x_te)[0].argmax(dim=-1)
 
 
-def _ridge_run(shot, seed: int, x_tr, y_tr, x_te, y_te, num_classes: int, params: dict) -> float:
+def _ridge_run(shot, seed: int, x_tr, y_tr, x_te, num_classes: int, params: Mapping) -> torch.Tensor:
     if shot == "full":
         fit_idx = np.arange(len(y_tr))
     else:
         fit_idx = pt.sample_kshot(y_tr.cpu().numpy(), num_classes, shot, seed)
     index = torch.as_tensor(fit_idx)
     fit = pt.ridge_fit(x_tr[index], y_tr[index], num_classes, float(params["l2_reg"]))
-    return (pt.ridge_predict(fit, x_te).argmax(dim=1) == y_te).double().mean().item()
+    return pt.ridge_predict(fit, x_te).argmax(dim=1)
 
 
-def probe_metrics(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, y_te: torch.Tensor,
-                  num_classes: int, params: dict) -> dict[str, float]:
-    """Return acc1_<shot>_mean / _std for every shot setting on precomputed features.
+def probe_outcomes(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, y_te: torch.Tensor,
+                   num_classes: int, params: Mapping) -> dict[str, np.ndarray]:
+    """Return the per-sample outcomes of every shot setting and seed on precomputed features:
+    target (N,), predictions (shots, seeds, N) (NOT_RUN where a setting could not run), shots, seeds.
 
-    A shot count some class cannot supply (for any seed) gives NaN and one stderr line; if no
+    A shot count some class cannot supply (for any seed) is not run, with one stderr line; if no
     setting can run at all, a UserError.
     """
-    protocol, shots, seeds = check_params(params)
-    run = _logistic_run if protocol == "logistic" else _ridge_run
-    metrics, ran = {}, 0
-    for shot in shots:
+    shots, seeds = shot_list(params), list(params["seeds"])
+    run = _logistic_run if params["protocol"] == "logistic" else _ridge_run
+    predictions = np.full((len(shots), len(seeds), len(y_te)), NOT_RUN, dtype=np.int32)
+    for i, shot in enumerate(shots):
         try:
-            accuracies = [run(shot, seed, x_tr, y_tr, x_te, y_te, num_classes, params) for seed in seeds]
+            rows = [run(shot, seed, x_tr, y_tr, x_te, num_classes, params).cpu().numpy() for seed in seeds]
         except pt.InsufficientShots as exc:
-            print(f"silc-eval: linear_probe {shot_name(shot)} not run: {exc}", file=sys.stderr, flush=True)
-            accuracies = [math.nan]
-        else:
-            ran += 1
-        name = shot_name(shot)
-        metrics[f"acc1_{name}_mean"] = float(np.mean(accuracies))
-        metrics[f"acc1_{name}_std"] = float(np.std(accuracies)) if not math.isnan(accuracies[0]) else math.nan
-    if not ran:
+            note(f"linear_probe {shot_name(shot)} not run: {exc}")
+            continue
+        predictions[i] = np.stack(rows)
+    if (predictions[:, 0, :1] == NOT_RUN).all():
         raise UserError(f"linear_probe could not run any of shots {shots}: the training split has too few images "
                         f"per class; expected at least max(shots) per class (plus the validation carve for logistic)")
+    return {"target": y_te.cpu().numpy().astype(np.int32), "predictions": predictions,
+            "shots": np.array([str(s) for s in shots]), "seeds": np.array(seeds, dtype=np.int64)}
+
+
+def score(samples: Mapping[str, np.ndarray], params: Mapping) -> dict[str, float]:
+    """Return acc1_<shot>_mean / _std over seeds for every shot setting (NaN for a setting not run)."""
+    target, predictions = np.asarray(samples["target"]), np.asarray(samples["predictions"])
+    metrics = {}
+    for shot, per_seed in zip(samples["shots"], predictions):
+        name = shot_name(shot if shot == "full" else int(shot))
+        if (per_seed == NOT_RUN).all():
+            mean = std = math.nan
+        else:
+            accuracies = (per_seed == target[None]).mean(axis=1)
+            mean, std = float(np.mean(accuracies)), float(np.std(accuracies))
+        metrics[f"acc1_{name}_mean"], metrics[f"acc1_{name}_std"] = mean, std
     return metrics
 
 
-def evaluate(model, dataset, params: dict, progress: bool = True) -> dict[str, float]:
-    """Return the probe metrics of model: features of the TRAIN split and of dataset (the test split), via the cache."""
-    check_params(params)
-    train = train_split_of(dataset, dataset.transform)
-    if train.classes != dataset.classes or train.folders != dataset.folders:
-        raise UserError(f"train split {train.root} and evaluation split {dataset.root} have different classes; "
-                        f"expected the same class folders in both")
+def probe_metrics(x_tr, y_tr, x_te, y_te, num_classes: int, params: Mapping) -> dict[str, float]:
+    """Return acc1_<shot>_mean / _std of every shot setting on precomputed features (score of their outcomes)."""
+    return score(probe_outcomes(x_tr, y_tr, x_te, y_te, num_classes, params), params)
+
+
+def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
+    """Return the probe Outcome of model: features of data['train'] and data['eval'] (via the feature cache)."""
+    train, test = data["train"], data["eval"]
+    if train.classes != test.classes or getattr(train, "folders", None) != getattr(test, "folders", None):
+        raise UserError("linear_probe: the train and evaluation splits have different classes; expected the same "
+                        "class folders in both")
     encode = dict(batch_size=params["encode_batch_size"], num_workers=params["num_workers"], amp=params["amp"],
                   progress=progress, normalize=params["normalize"])
     x_tr = encode_images(model, train, desc="probe train images", split="train", **encode)
-    x_te = encode_images(model, dataset, desc="probe test images", split=getattr(dataset, "split", "val"), **encode)
+    x_te = encode_images(model, test, desc="probe test images", split="eval", **encode)
     device = model.device
     y_tr = torch.as_tensor(train.targets, device=device)
-    y_te = torch.as_tensor(dataset.targets, device=device)
-    return probe_metrics(x_tr.to(device), y_tr, x_te.to(device), y_te, len(dataset.classes), params)
+    y_te = torch.as_tensor(test.targets, device=device)
+    samples = probe_outcomes(x_tr.to(device), y_tr, x_te.to(device), y_te, len(test.classes), params)
+    return Outcome(score(samples, params), samples)
+
+
+TASK = Task(
+    name="linear_probe", version=1, params=PARAMS, splits=("train", "eval"),
+    formats=("imagefolder",), data_kind="classification",
+    metrics=(Metric("acc1_{shot}_mean"), Metric("acc1_{shot}_std", "none")),
+    evaluate=evaluate, score=score,
+    description="logistic-regression probe (CLIP_benchmark) or ridge few-shot (big_vision) on frozen features")

@@ -5,6 +5,7 @@ training window are cached once; a BatchNorm2d + 1x1 conv probe is trained on th
 AdamW, its logits upsampled bilinearly to the window for a cross-entropy that ignores
 255. Evaluation slides windows over the validation images exactly as zero-shot
 segmentation does and reports mmseg's mIoU, mAcc, aAcc and per-class IoU.
+Per-sample outcomes: per image and class the intersection, union, predicted and label counts.
 """
 
 from __future__ import annotations
@@ -12,16 +13,11 @@ from __future__ import annotations
 import torch
 
 from silc_eval.core.errors import UserError
-from silc_eval.models.dense import patch_tokens
 from silc_eval.machinery import heads
-from silc_eval.tasks.zeroshot_segmentation import metrics_from_meter
+from silc_eval.machinery.segmentation_metrics import SEGMENTATION_METRICS, counts_samples, segmentation_score
+from silc_eval.core.contract import Outcome, Task
 
-DEFAULT_PARAMS = {"short_side": 336, "window": 224, "stride": 112, "steps": 2000, "train_batch_size": 16,
-                  "lr": 1e-3, "weight_decay": 1e-4, "seed": 0, "max_train_images": None, "batch_size": 32,
-                  "num_workers": 0, "amp": False}
-METRICS = ("mIoU", "mAcc", "aAcc")
-DATASET_FORMATS = ("mmseg",)
-TASK = "linear_segmentation"
+NAME = "linear_segmentation"
 
 
 def training_step(probe, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -29,23 +25,23 @@ def training_step(probe, features: torch.Tensor, labels: torch.Tensor) -> torch.
     return heads.window_loss(probe(features), labels)
 
 
-def evaluate(model, dataset, params: dict, progress: bool = True) -> dict[str, float | None]:
-    """Return mIoU, mAcc, aAcc (fractions) and per-class IoU of a linear probe trained on the training split."""
-    heads.check_training_params(params, TASK)
-    train = heads.train_split(dataset)
+def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
+    """Return the Outcome of a linear probe trained on data['train'] and evaluated on data['eval']."""
+    train, dataset = data["train"], data["eval"]
     if train.class_names != dataset.class_names:
-        raise UserError(f"{TASK}: the training split's classes differ from the evaluation classes; a linear probe "
+        raise UserError(f"{NAME}: the training split's classes differ from the evaluation classes; a linear probe "
                         f"needs the same classes (drop classes/num_classes from the 'train:' block)")
-    visual = model.model.visual
-
-    def feature_fn(windows: torch.Tensor) -> torch.Tensor:
-        return patch_tokens(visual, windows)[0]
-
-    cache = heads.cache_features(model, train, feature_fn, params, progress)
+    cache = heads.cache_features(model, train, model.patch_tokens, params, progress)
     probe = heads.seeded_module(params["seed"], lambda: heads.LinearProbe(cache.features.shape[-1],
                                                                           dataset.num_classes)).to(model.device)
-    heads.train_head(probe, cache, lambda head, features, labels: training_step(head, features, labels), params,
-                     model.device, progress)
-    window_fn = heads.frozen_window_fn(model, feature_fn, probe, params["amp"])
+    heads.train_head(probe, cache, training_step, params, model.device, progress)
+    window_fn = heads.frozen_window_fn(model, model.patch_tokens, probe, params["amp"])
     meter = heads.evaluate_head(model, dataset, window_fn, params, progress, desc="linear segmentation")
-    return metrics_from_meter(meter, dataset.class_names)
+    samples = counts_samples(meter, dataset.class_names)
+    return Outcome(segmentation_score(samples), samples)
+
+
+TASK = Task(
+    name=NAME, version=1, params=heads.training_params(), splits=("train", "eval"), formats=("mmseg",),
+    data_kind="segmentation", metrics=SEGMENTATION_METRICS, evaluate=evaluate, score=segmentation_score,
+    description="BatchNorm + 1x1 conv probe on frozen patch tokens")

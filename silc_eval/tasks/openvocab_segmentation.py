@@ -13,29 +13,38 @@ Splits: within one dataset, `unseen_classes` names the held-out classes; when th
 declaration's `train` block has its own classes (cross-dataset transfer), every training
 class is seen and each evaluation class whose first name is not a training class name
 is unseen. Metrics: mIoU over all classes, mIoU_seen, mIoU_unseen, hIoU = 2SU/(S+U).
+Per-sample outcomes: per image and class the four pixel counts, and which classes are unseen.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
+from silc_eval.core.contract import Metric, Outcome, Task
 from silc_eval.core.errors import UserError
-from silc_eval.models.dense import check_variant, dense_features
+from silc_eval.core.labels import IGNORE_INDEX
+from silc_eval.core.params import choice, integer, number, str_list
 from silc_eval.machinery import heads
-from silc_eval.machinery.segmentation_metrics import IGNORE_INDEX, SegmentationMeter
-from silc_eval.tasks.zeroshot_segmentation import metrics_from_meter, query_embeddings
+from silc_eval.machinery.prompts import class_embeddings
+from silc_eval.machinery.segmentation_metrics import (SEGMENTATION_METRICS, counts_samples, per_class_metrics,
+                                                      scores_from_counts)
+from silc_eval.models.dense import VARIANTS
 
-DEFAULT_PARAMS = {"unseen_classes": [], "variant": "vanilla", "decoder": "mlp", "layers": 1, "hidden_dim": 512,
-                  "temperature": 0.07, "seen_calibration": 0.0, "short_side": 336, "window": 224, "stride": 112,
-                  "steps": 2000, "train_batch_size": 16, "lr": 1e-3, "weight_decay": 1e-2, "seed": 0,
-                  "max_train_images": None, "batch_size": 32, "num_workers": 0, "amp": False}
-METRICS = ("hIoU", "mIoU_seen", "mIoU_unseen", "mIoU", "mAcc", "aAcc")
-DATASET_FORMATS = ("mmseg",)
-TASK = "openvocab_segmentation"
+NAME = "openvocab_segmentation"
+PARAMS = {
+    "unseen_classes": str_list([], doc="classes held out of training (within one dataset)"),
+    "variant": choice("vanilla", VARIANTS, doc="dense variant of the frozen features"),
+    "decoder": choice("mlp", tuple(heads.DECODERS)),
+    "layers": integer(1, 0),
+    "hidden_dim": integer(512, 1),
+    "temperature": number(0.07, above=0.0, doc="initial 1 / logit scale of the decoder"),
+    "seen_calibration": number(0.0, doc="subtracted from the seen classes' logits at evaluation"),
+    **heads.training_params(min_steps=0, weight_decay=1e-2),
+}
 
 
 def name_key(name: str) -> str:
@@ -62,12 +71,12 @@ def split_classes(eval_classes: Sequence[Sequence[str]], train_classes: Sequence
     evaluation class is seen iff its first name matches a training class's first name.
     """
     if not isinstance(unseen_classes, (list, tuple)) or not all(isinstance(n, str) for n in unseen_classes):
-        raise UserError(f"{TASK}: parameter unseen_classes must be a list of class names, got {unseen_classes!r}")
+        raise UserError(f"{NAME}: parameter unseen_classes must be a list of class names, got {unseen_classes!r}")
     eval_names = [names[0] for names in eval_classes]
     cross = [list(c) for c in eval_classes] != [list(c) for c in train_classes]
     if cross:
         if unseen_classes:
-            raise UserError(f"{TASK}: unseen_classes must be empty when the training split has its own classes "
+            raise UserError(f"{NAME}: unseen_classes must be empty when the training split has its own classes "
                             f"(cross-dataset: unseen = evaluation classes absent from the training classes)")
         train_keys = {name_key(names[0]) for names in train_classes}
         seen = tuple(i for i, name in enumerate(eval_names) if name_key(name) in train_keys)
@@ -75,13 +84,13 @@ def split_classes(eval_classes: Sequence[Sequence[str]], train_classes: Sequence
         return ClassSplit(tuple(range(len(train_classes))), seen, unseen, True)
     unknown = [name for name in unseen_classes if name not in eval_names]
     if unknown:
-        raise UserError(f"{TASK}: unseen class '{unknown[0]}' is not a class of the dataset; expected names among "
+        raise UserError(f"{NAME}: unseen class '{unknown[0]}' is not a class of the dataset; expected names among "
                         f"{', '.join(eval_names)}")
     held_out = set(unseen_classes)
     unseen = tuple(i for i, name in enumerate(eval_names) if name in held_out)
     seen = tuple(i for i in range(len(eval_names)) if i not in unseen)
     if not seen:
-        raise UserError(f"{TASK}: every class is listed in unseen_classes; expected at least one seen class")
+        raise UserError(f"{NAME}: every class is listed in unseen_classes; expected at least one seen class")
     return ClassSplit(seen, seen, unseen, False)
 
 
@@ -102,13 +111,6 @@ def seen_labels(labels: torch.Tensor, split: ClassSplit) -> torch.Tensor:
     return remapped
 
 
-def class_text(model, classes: Sequence[Sequence[str]], templates: Sequence[str], amp: bool = False) -> torch.Tensor:
-    """Return one normalised text embedding per class (C, E): the mean of its names' template-ensembled ones."""
-    queries, query_class = query_embeddings(model, classes, templates, amp=amp)
-    sums = torch.zeros(len(classes), queries.shape[1]).index_add_(0, query_class, queries)
-    return torch.nn.functional.normalize(sums, dim=-1)
-
-
 def training_step(decoder, features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor,
                   text_names: Sequence[str], unseen_names: Sequence[str]) -> torch.Tensor:
     """Return the seen-class cross-entropy of one mini-batch (labels index the rows of text, 255 ignored).
@@ -124,61 +126,44 @@ def training_step(decoder, features: torch.Tensor, labels: torch.Tensor, text: t
     return heads.window_loss(decoder(features, text), labels)
 
 
-def _nanmean(values: torch.Tensor) -> float | None:
-    mean = float(torch.nanmean(values)) if values.numel() else math.nan
-    return None if math.isnan(mean) else mean
+def _nanmean(values: np.ndarray) -> float | None:
+    kept = values[~np.isnan(values)]
+    return float(kept.mean()) if kept.size else None
 
 
-def seen_unseen_metrics(meter: SegmentationMeter, class_names: Sequence[str], seen_ids: Sequence[int],
-                        unseen_ids: Sequence[int]) -> dict[str, float | None]:
-    """Return hIoU, mIoU_seen, mIoU_unseen, mIoU, mAcc, aAcc and IoU.<class> (None where undefined).
+def score(samples: Mapping[str, np.ndarray], params: Mapping | None = None) -> dict[str, float | None]:
+    """Return hIoU, mIoU_seen, mIoU_unseen, mIoU, mAcc, aAcc and IoU.<class> (None where undefined) from
+    per-image counts and the unseen mask.
 
     mIoU_seen / mIoU_unseen are NaN-means of the per-class IoU over each subset; hIoU is
     their harmonic mean 2SU/(S+U) (0 when both are 0, None when either is None).
     """
-    overall = metrics_from_meter(meter, class_names)
-    iou = torch.tensor(meter.compute()["per_class_iou"], dtype=torch.float64)
-    seen, unseen = _nanmean(iou[list(seen_ids)]), _nanmean(iou[list(unseen_ids)])
-    if seen is None or unseen is None:
+    scores = scores_from_counts(samples)
+    iou, unseen = np.array(scores["per_class_iou"], dtype=np.float64), np.asarray(samples["unseen"], dtype=bool)
+    seen_mean, unseen_mean = _nanmean(iou[~unseen]), _nanmean(iou[unseen])
+    if seen_mean is None or unseen_mean is None:
         harmonic = None
     else:
-        harmonic = 0.0 if seen + unseen == 0 else 2 * seen * unseen / (seen + unseen)
-    return {"hIoU": harmonic, "mIoU_seen": seen, "mIoU_unseen": unseen, **overall}
+        harmonic = 0.0 if seen_mean + unseen_mean == 0 else 2 * seen_mean * unseen_mean / (seen_mean + unseen_mean)
+    overall = per_class_metrics(scores, [str(n) for n in samples["class_names"]])
+    return {"hIoU": harmonic, "mIoU_seen": seen_mean, "mIoU_unseen": unseen_mean, **overall}
 
 
-def _check_params(params: dict) -> None:
-    heads.check_training_params(params, TASK, min_steps=0)
-    check_variant(params["variant"])
-    if params["decoder"] not in heads.DECODERS:
-        raise UserError(f"{TASK}: unknown decoder '{params['decoder']}'; expected one of {', '.join(heads.DECODERS)}")
-    for key in ("layers", "hidden_dim"):
-        value = params[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if key == "layers" else 1):
-            raise UserError(f"{TASK}: parameter {key} must be a {'non-negative' if key == 'layers' else 'positive'} "
-                            f"integer, got {value!r}")
-    if not isinstance(params["temperature"], (int, float)) or params["temperature"] <= 0:
-        raise UserError(f"{TASK}: parameter temperature must be a positive number, got {params['temperature']!r}")
-    if isinstance(params["seen_calibration"], bool) or not isinstance(params["seen_calibration"], (int, float)):
-        raise UserError(f"{TASK}: parameter seen_calibration must be a number, got {params['seen_calibration']!r}")
-
-
-def evaluate(model, dataset, params: dict, progress: bool = True) -> dict[str, float | None]:
-    """Return hIoU, mIoU_seen, mIoU_unseen, mIoU, mAcc, aAcc (fractions) and per-class IoU of a decoder
-    trained on the seen classes of the dataset's training split, evaluated on the dataset."""
-    _check_params(params)
-    train = heads.train_split(dataset)
+def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
+    """Return the Outcome of a decoder trained on the seen classes of data['train'], evaluated on data['eval']."""
+    train, dataset = data["train"], data["eval"]
     split = split_classes(dataset.classes, train.classes, params["unseen_classes"])
-    visual, device, amp = model.model.visual, model.device, params["amp"]
+    device, amp = model.device, params["amp"]
 
     def feature_fn(windows: torch.Tensor) -> torch.Tensor:
-        return dense_features(visual, windows, params["variant"])[0]
+        return model.dense_features(windows, params["variant"])
 
     cache = heads.cache_features(model, train, feature_fn, params, progress)
     cache.labels = seen_labels(cache.labels, split)
     seen_classes = [train.classes[i] for i in split.seen_train_ids]
     text_names = [names[0] for names in seen_classes]
     unseen_names = [dataset.class_names[i] for i in split.unseen_eval_ids]
-    train_text = class_text(model, seen_classes, train.templates, amp).to(device)
+    train_text = class_embeddings(model, seen_classes, train.templates, amp).to(device)
     decoder = heads.seeded_module(params["seed"], lambda: heads.OpenVocabDecoder(
         cache.features.shape[-1], params["hidden_dim"], params["layers"], params["decoder"],
         params["temperature"])).to(device)
@@ -186,10 +171,19 @@ def evaluate(model, dataset, params: dict, progress: bool = True) -> dict[str, f
                      lambda head, features, labels: training_step(head, features, labels, train_text, text_names,
                                                                   unseen_names),
                      params, device, progress)
-    eval_text = class_text(model, dataset.classes, dataset.templates, amp).to(device)
+    eval_text = class_embeddings(model, dataset.classes, dataset.templates, amp).to(device)
     offsets = torch.zeros(dataset.num_classes, device=device)
     offsets[list(split.seen_eval_ids)] = float(params["seen_calibration"])
     window_fn = heads.frozen_window_fn(
         model, feature_fn, lambda features: decoder(features, eval_text) - offsets[:, None, None], amp)
     meter = heads.evaluate_head(model, dataset, window_fn, params, progress, desc="open-vocabulary segmentation")
-    return seen_unseen_metrics(meter, dataset.class_names, split.seen_eval_ids, split.unseen_eval_ids)
+    samples = counts_samples(meter, dataset.class_names)
+    samples["unseen"] = np.isin(np.arange(dataset.num_classes), split.unseen_eval_ids)
+    return Outcome(score(samples), samples)
+
+
+TASK = Task(
+    name=NAME, version=1, params=PARAMS, splits=("train", "eval"), formats=("mmseg",), data_kind="segmentation",
+    metrics=(Metric("hIoU"), Metric("mIoU_seen"), Metric("mIoU_unseen"), *SEGMENTATION_METRICS),
+    evaluate=evaluate, score=score,
+    description="light decoder on frozen dense features, trained on seen classes, scored on seen and unseen")

@@ -1,19 +1,28 @@
-"""Image-text retrieval recall@k (PROTOCOLS.md section 2, CLIP_benchmark conventions)."""
+"""Image-text retrieval recall@k (PROTOCOLS.md section 2, CLIP_benchmark conventions).
+
+Per-sample outcomes: per caption the rank of its image among all images (0 = first), per image
+the best rank of its own captions among all captions, and for every k of the protocol whether
+the query is a hit at k. A hit is decided as CLIP_benchmark decides it, by torch.topk(k) per k;
+recall@k is the fraction of hits. Ranks count the candidates scored strictly higher plus the
+tied ones listed earlier (a stable descending order), so rank < k and a hit at k differ only
+where exactly tied scores straddle the k-th place (repeated captions), which topk breaks in
+its own, kernel-dependent way.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import numpy as np
 import torch
 
+from silc_eval.core.params import boolean, int_list, integer
 from silc_eval.features import encode_images, encode_texts
-
-DEFAULT_PARAMS = {"batch_size": 256, "num_workers": 0, "amp": False, "recall_k": [1, 5, 10], "chunk_size": 4096}
-METRICS = ("image_retrieval_recall@{k}", "text_retrieval_recall@{k}")
-DATASET_FORMATS = ("karpathy", "coco_captions", "clip_benchmark")
+from silc_eval.core.contract import Metric, Outcome, Task
 
 
-def topk_hits(scores: torch.Tensor, positives: torch.Tensor, ks: Sequence[int], chunk_size: int = 4096) -> dict[int, torch.Tensor]:
+def topk_hits(scores: torch.Tensor, positives: torch.Tensor, ks: Sequence[int],
+              chunk_size: int = 4096) -> dict[int, torch.Tensor]:
     """Return, per k, a bool per query row: is any positive column among the row's top-k scores.
 
     scores and positives are (queries, candidates); rows are processed in chunks. Each k
@@ -30,31 +39,81 @@ def topk_hits(scores: torch.Tensor, positives: torch.Tensor, ks: Sequence[int], 
     return {k: torch.cat(v) for k, v in hits.items()}
 
 
-def retrieval_metrics(text_features: torch.Tensor, image_features: torch.Tensor, caption_image_index: torch.Tensor,
-                      ks: Sequence[int], chunk_size: int = 4096) -> dict[str, float]:
-    """Return image and text retrieval recall@k from normalised features.
+def _hit_matrix(hits: dict[int, torch.Tensor], ks: Sequence[int]) -> np.ndarray:
+    return torch.stack([hits[k] for k in ks], dim=1).numpy()
 
-    Image retrieval: fraction of captions whose image is in the top-k images.
-    Text retrieval: fraction of images with at least one of their captions in the top-k captions.
+
+def best_positive_ranks(scores: torch.Tensor, positives: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """Return per query row the rank of its best positive column in a stable descending order of its scores.
+
+    scores and positives are (queries, candidates); every row needs at least one positive. The
+    best positive is the highest-scored one (the first of tied ones); its rank counts the columns
+    scored higher and the equally scored columns before it. Rows are processed in chunks.
     """
+    ranks = []
+    columns = torch.arange(scores.shape[1])
+    for start in range(0, scores.shape[0], chunk_size):
+        rows, row_positives = scores[start:start + chunk_size], positives[start:start + chunk_size]
+        masked = rows.masked_fill(~row_positives, -torch.inf)
+        best = masked.max(dim=1)
+        first = (masked == best.values[:, None]).float().argmax(dim=1)  # the first column reaching the best score
+        higher = (rows > best.values[:, None]).sum(dim=1)
+        tied_before = ((rows == best.values[:, None]) & (columns[None] < first[:, None])).sum(dim=1)
+        ranks.append(higher + tied_before)
+    return torch.cat(ranks)
+
+
+def outcomes(text_features: torch.Tensor, image_features: torch.Tensor, caption_image_index: torch.Tensor,
+             ks: Sequence[int], chunk_size: int = 4096) -> dict[str, np.ndarray]:
+    """Return the per-sample outcomes of normalised features: caption_image and image_rank / image_hits (per
+    caption), text_rank / text_hits (per image), recall_k (the k of each hits column)."""
     scores = text_features @ image_features.T
     positives = torch.zeros_like(scores, dtype=torch.bool)
     positives[torch.arange(len(scores)), caption_image_index] = True
-    image_hits = topk_hits(scores, positives, ks, chunk_size)
-    text_hits = topk_hits(scores.T, positives.T, ks, chunk_size)
+    return {"caption_image": caption_image_index.numpy().astype(np.int32),
+            "image_rank": best_positive_ranks(scores, positives, chunk_size).numpy().astype(np.int32),
+            "text_rank": best_positive_ranks(scores.T, positives.T, chunk_size).numpy().astype(np.int32),
+            "image_hits": _hit_matrix(topk_hits(scores, positives, ks, chunk_size), ks),
+            "text_hits": _hit_matrix(topk_hits(scores.T, positives.T, ks, chunk_size), ks),
+            "recall_k": np.array(list(ks), dtype=np.int32)}
+
+
+def score(samples: Mapping[str, np.ndarray], params: Mapping) -> dict[str, float]:
+    """Return image and text retrieval recall@k for every k of the outcomes' recall_k, from the hits.
+
+    Image retrieval: fraction of captions whose image is among the top k images. Text retrieval:
+    fraction of images with at least one of their captions among the top k captions.
+    """
     metrics = {}
-    for k in ks:
-        metrics[f"image_retrieval_recall@{k}"] = image_hits[k].float().mean().item()
-        metrics[f"text_retrieval_recall@{k}"] = text_hits[k].float().mean().item()
+    for column, k in enumerate(np.asarray(samples["recall_k"]).tolist()):
+        metrics[f"image_retrieval_recall@{k}"] = float(np.asarray(samples["image_hits"])[:, column].mean())
+        metrics[f"text_retrieval_recall@{k}"] = float(np.asarray(samples["text_hits"])[:, column].mean())
     return metrics
 
 
-def evaluate(model, dataset, params: dict, progress: bool = True) -> dict[str, float]:
-    """Return retrieval recalls of model on a KarpathyRetrieval dataset (several captions per image)."""
+def retrieval_metrics(text_features: torch.Tensor, image_features: torch.Tensor, caption_image_index: torch.Tensor,
+                      ks: Sequence[int], chunk_size: int = 4096) -> dict[str, float]:
+    """Return image and text retrieval recall@k of normalised features (score of their outcomes)."""
+    return score(outcomes(text_features, image_features, caption_image_index, ks, chunk_size), {})
+
+
+def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
+    """Return the retrieval Outcome of model on data['eval'] (images with several captions each)."""
+    dataset = data["eval"]
     captions = [caption for per_image in dataset.captions for caption in per_image]
     caption_image_index = torch.tensor([i for i, per_image in enumerate(dataset.captions) for _ in per_image])
     image_features = encode_images(model, dataset, batch_size=params["batch_size"], num_workers=params["num_workers"],
-                                   amp=params["amp"], progress=progress, desc="retrieval images")
+                                   amp=params["amp"], progress=progress, desc="retrieval images", split="eval")
     text_features = encode_texts(model, captions, amp=params["amp"], progress=progress, desc="captions")
-    return retrieval_metrics(text_features, image_features, caption_image_index, params["recall_k"],
-                             params["chunk_size"])
+    samples = outcomes(text_features, image_features, caption_image_index, params["recall_k"], params["chunk_size"])
+    return Outcome(score(samples, params), samples)
+
+
+TASK = Task(
+    name="retrieval", version=1,
+    params={"batch_size": integer(256, 1), "num_workers": integer(0, 0), "amp": boolean(False),
+            "recall_k": int_list([1, 5, 10], 1), "chunk_size": integer(4096, 1)},
+    splits=("eval",), formats=("karpathy", "coco_captions", "clip_benchmark"), data_kind="retrieval",
+    metrics=(Metric("image_retrieval_recall@{k}"), Metric("text_retrieval_recall@{k}")),
+    evaluate=evaluate, score=score,
+    description="image-to-text and text-to-image recall@k")

@@ -1,59 +1,74 @@
-"""Zero-shot classification with template ensembling (PROTOCOLS.md section 1, CLIP_benchmark conventions)."""
+"""Zero-shot classification with template ensembling (PROTOCOLS.md section 1, CLIP_benchmark conventions).
+
+Per-sample outcomes: per image its target, its top-5 predicted classes (one sorted torch.topk,
+fewer columns when the dataset has fewer than 5 classes) and its argmax prediction. acc1 and
+acc5 are read off the top-5, mean per-class recall off the argmax, as CLIP_benchmark computes
+them; the two first choices differ only between exactly tied logits.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Mapping
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 
-from silc_eval.features import encode_images, encode_texts
+from silc_eval.core.params import boolean, integer, number
+from silc_eval.features import encode_images
+from silc_eval.machinery.prompts import ensemble_prompts
+from silc_eval.core.contract import Metric, Outcome, Task
 
-DEFAULT_PARAMS = {"batch_size": 256, "num_workers": 0, "amp": False, "logit_scale": 100.0}
-METRICS = ("acc1", "acc5", "mean_per_class_recall")
-DATASET_FORMATS = ("imagefolder", "clip_benchmark", "wds")
-
-
-def class_embeddings(model, classnames: Sequence[str], templates: Sequence[str], amp: bool = False) -> torch.Tensor:
-    """Return the zero-shot classifier (D, C): per class, the normalised mean of normalised prompt embeddings."""
-    prompts = [template.format(c=name) for name in classnames for template in templates]
-    embeddings = encode_texts(model, prompts, amp=amp).view(len(classnames), len(templates), -1)
-    return F.normalize(embeddings.mean(dim=1), dim=-1).T.contiguous()
+TOP_K = 5
 
 
-def topk_accuracies(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
-    """Return, per k, the fraction of rows whose target is among the k highest logits (NaN if k > classes).
-
-    One sorted top-k serves every k, so tied logits rank the same way for acc1 and acc5.
-    """
-    max_k = min(max(ks), logits.shape[1])
-    correct = logits.topk(max_k, dim=1, largest=True, sorted=True).indices == targets[:, None]
-    return {k: correct[:, :k].any(dim=1).float().mean().item() if k <= logits.shape[1] else math.nan for k in ks}
-
-
-def mean_per_class_recall(predictions: torch.Tensor, targets: torch.Tensor) -> float:
+def mean_per_class_recall(predictions, targets) -> float:
     """Return balanced accuracy: the mean over classes present in targets of their recall."""
-    classes = targets.unique()
-    recalls = [(predictions[targets == c] == c).float().mean() for c in classes]
-    return torch.stack(recalls).mean().item()
+    predictions, targets = np.asarray(predictions), np.asarray(targets)
+    return float(np.mean([(predictions[targets == c] == c).mean() for c in np.unique(targets)]))
 
 
-def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
-    """Return acc1, acc5 (NaN with fewer than 5 classes) and mean_per_class_recall for logits (N, C)."""
-    targets = targets.long()
-    accuracies = topk_accuracies(logits, targets, (1, 5))
+def score(samples: Mapping[str, np.ndarray], params: Mapping | None = None) -> dict[str, float]:
+    """Return acc1, acc5 (NaN with fewer than 5 classes) and mean_per_class_recall of the per-sample outcomes."""
+    target, top = np.asarray(samples["target"]), np.asarray(samples["top5"])
+    correct = top == target[:, None]
     return {
-        "acc1": accuracies[1],
-        "acc5": accuracies[5],
-        "mean_per_class_recall": mean_per_class_recall(logits.argmax(dim=1), targets),
+        "acc1": float(correct[:, 0].mean()),
+        "acc5": float(correct[:, :TOP_K].any(axis=1).mean()) if int(samples["num_classes"]) >= TOP_K else math.nan,
+        "mean_per_class_recall": mean_per_class_recall(samples["prediction"], target),
     }
 
 
-def evaluate(model, dataset, params: dict, progress: bool = True) -> dict[str, float]:
-    """Return the zero-shot classification metrics of model on an ImageFolderClassification dataset."""
-    classifier = class_embeddings(model, dataset.classes, dataset.templates, amp=params["amp"])
+def outcomes(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray]:
+    """Return the per-sample outcomes of logits (N, C): target, top5 (sorted class indices), prediction
+    (argmax, the first of tied maxima), num_classes."""
+    top = logits.topk(min(TOP_K, logits.shape[1]), dim=1, largest=True, sorted=True).indices
+    return {"target": targets.long().numpy().astype(np.int32), "top5": top.numpy().astype(np.int32),
+            "prediction": logits.argmax(dim=1).numpy().astype(np.int32),
+            "num_classes": np.array(logits.shape[1], dtype=np.int32)}
+
+
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+    """Return acc1, acc5 (NaN with fewer than 5 classes) and mean_per_class_recall of logits (N, C)."""
+    return score(outcomes(logits, torch.as_tensor(targets)))
+
+
+def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
+    """Return the zero-shot classification Outcome of model on data['eval'] (a classification dataset)."""
+    dataset = data["eval"]
+    classifier = ensemble_prompts(model, dataset.classes, dataset.templates, amp=params["amp"]).T.contiguous()
     image_features = encode_images(model, dataset, batch_size=params["batch_size"], num_workers=params["num_workers"],
-                                   amp=params["amp"], progress=progress, desc="classification images")
+                                   amp=params["amp"], progress=progress, desc="classification images", split="eval")
     logits = params["logit_scale"] * image_features @ classifier
-    return classification_metrics(logits, torch.as_tensor(dataset.targets))
+    samples = outcomes(logits, torch.as_tensor(dataset.targets))
+    return Outcome(score(samples), samples)
+
+
+TASK = Task(
+    name="zeroshot_classification", version=1,
+    params={"batch_size": integer(256, 1), "num_workers": integer(0, 0), "amp": boolean(False),
+            "logit_scale": number(100.0, above=0.0, doc="scales the logits; argmax does not change")},
+    splits=("eval",), formats=("imagefolder", "clip_benchmark", "wds"), data_kind="classification",
+    metrics=(Metric("acc1"), Metric("acc5"), Metric("mean_per_class_recall")),
+    evaluate=evaluate, score=score,
+    description="zero-shot classification by template-ensembled class prompts")

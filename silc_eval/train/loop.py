@@ -13,7 +13,6 @@ import json
 import math
 import platform
 import shutil
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,15 +21,22 @@ from typing import Any
 import torch
 import yaml
 
+from silc_eval.core.distributed import DistEnv, all_ranks_true, barrier, init_distributed, shutdown_env
 from silc_eval.core.errors import UserError
 from silc_eval.core.io import atomic_directory, atomic_write_text
+from silc_eval.core.log import log
 from silc_eval.core.offline import enforce_offline
 from silc_eval.core.provenance import git_commit, package_versions
+from silc_eval.evaluate.api import build_splits, dataset_root, evaluate_benchmark
+from silc_eval.models import load_model
+from silc_eval.models.open_clip_model import OpenClipModel
+from silc_eval.models.zoo import CARD_FILE, read_card
+from silc_eval.registry import resolve_suite
 from silc_eval.train.augment import MultiViewTransform
-from silc_eval.core.distributed import DistEnv, all_ranks_true, barrier, init_distributed, shutdown_env
+from silc_eval.train.factory import build_objective
 from silc_eval.train.model_config import (CONFIG_FILE, WEIGHTS_FILE, create_model, open_clip_config,
                                           save_local_dir)
-from silc_eval.train.objectives import StudentModule, build_objective
+from silc_eval.train.objectives import StudentModule
 from silc_eval.train.pairs import PairSource, ReadStats, csv_source, iterate_batches, list_shards
 from silc_eval.train.state import load_state, recipe_hash, save_state
 from silc_eval.train.tokenizer import save_word_tokenizer
@@ -38,11 +44,6 @@ from silc_eval.train.tokenizer import save_word_tokenizer
 SYNTH_MEAN = (0.5, 0.5, 0.5)
 SYNTH_STD = (0.5, 0.5, 0.5)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-
-
-def log(message: str) -> None:
-    """Print a training log line to stderr."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def work_folder(output: Path) -> Path:
@@ -132,30 +133,23 @@ def build_student(recipe: dict[str, Any], config: dict[str, Any], objective, env
 
 
 class Evaluator:
-    """Zero-shot evaluation of the live student on a suite, through the same task code as `silc-eval run`."""
+    """Evaluation of the live student on a suite, through the public evaluate function of `silc-eval run`."""
 
     def __init__(self, suite: str, tokenizer, image_size: int):
         import open_clip
 
-        from silc_eval.data.build import build_dataset, dataset_root
-        from silc_eval.registry import resolve_suite
-
         self.benchmarks = resolve_suite(suite)
         self.tokenizer = tokenizer
         self.preprocess = open_clip.image_transform(image_size, is_train=False, mean=SYNTH_MEAN, std=SYNTH_STD)
-        self.datasets = [build_dataset(b.dataset, dataset_root(b.dataset, None, None), self.preprocess)
-                         for b in self.benchmarks]
+        self.splits = [build_splits(b, dataset_root(b.dataset, None, None), self.preprocess) for b in self.benchmarks]
 
     def __call__(self, clip: torch.nn.Module) -> dict[str, float]:
         """Return {benchmark: main metric} for the model as it is now (left in train mode afterwards)."""
-        from silc_eval.models.open_clip_model import OpenClipModel
-        from silc_eval.tasks import TASKS
-
         was_training = clip.training
         model = OpenClipModel(clip, self.tokenizer, self.preprocess, "training", "-", "-", "training")
         scores = {}
-        for benchmark, dataset in zip(self.benchmarks, self.datasets):
-            metrics = TASKS[benchmark.task].evaluate(model, dataset, benchmark.protocol(), progress=False)
+        for benchmark, splits in zip(self.benchmarks, self.splits):
+            metrics = evaluate_benchmark(model, benchmark, splits).outcome.metrics
             scores[benchmark.name] = round(float(metrics[benchmark.main_metric]), 6)
         clip.train(was_training)
         return scores
@@ -345,7 +339,7 @@ def export(recipe, config, student, objective, work: Path, output: Path, data_in
             shutil.copy2(work / name, staging / name)
         weights = save_local_dir(student.clip.eval(), config, staging)
         card = make_card(output.name, recipe, config, student, objective, weights, data_info, run, env)
-        atomic_write_text(staging / "card.yaml", yaml.safe_dump(card, sort_keys=False))
+        atomic_write_text(staging / CARD_FILE, yaml.safe_dump(card, sort_keys=False))
     return card
 
 
@@ -382,20 +376,17 @@ def make_card(name: str, recipe, config, student, objective, weights: Path, data
 
 
 def add_reference_scores(folder: Path, suite: str, device: str, progress: bool) -> dict:
-    """Evaluate a trained local-dir on a suite and store the scores in its card; returns the card."""
-    import tempfile
-
-    from silc_eval.registry import resolve_suite
-    from silc_eval.evaluate.runner import RunConfig, run
-
-    card_path = Path(folder) / "card.yaml"
-    card = yaml.safe_load(card_path.read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        records = run(RunConfig(benchmarks=resolve_suite(suite), models=[f"local-dir:{folder}"], output=Path(tmp),
-                                device=device, progress=progress))
+    """Evaluate a trained local-dir on every benchmark of a suite (the public evaluate function) and store the
+    scores in its card; returns the card."""
+    card_path = Path(folder) / CARD_FILE
+    card = read_card(card_path)
+    model = load_model(f"local-dir:{folder}", device=device)
+    scores = {}
+    for benchmark in resolve_suite(suite):
+        splits = build_splits(benchmark, dataset_root(benchmark.dataset, None, None), model.preprocess)
+        metrics = evaluate_benchmark(model, benchmark, splits, progress).outcome.metrics
+        scores[benchmark.name] = {k: None if v is None else round(float(v), 6) for k, v in metrics.items()}
     card["reference_suite"] = suite
-    card["reference_scores"] = {r["benchmark"]["name"]: {k: None if v is None else round(float(v), 6)
-                                                         for k, v in r["metrics"].items()}
-                                for r in records}
+    card["reference_scores"] = scores
     atomic_write_text(card_path, yaml.safe_dump(card, sort_keys=False))
     return card

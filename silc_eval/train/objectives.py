@@ -5,11 +5,11 @@ modules (heads) the student carries, how the student runs on a batch (inside the
 forward, so gradients synchronise), how the losses are formed (outside it, where frozen
 or EMA teachers run), and what happens after each optimiser step (the EMA update).
 
-Registered: clip, siglip (open_clip's losses), views-only (extra views through the
-image-text loss, no distillation), silc (image-text loss on every global view plus
-local-to-global self-distillation from an EMA teacher), dino (self-distillation alone:
-the `vision-ssl` recipe), and sfclip (contrastive plus masked distillation from frozen
-unimodal teachers, in train/sfclip.py).
+Defined here: the contrastive objective (clip, siglip, views-only), silc (image-text loss on
+every global view plus local-to-global self-distillation from an EMA teacher) and dino
+(self-distillation alone: the `vision-ssl` recipe); sfclip lives in train/sfclip.py. The
+factory that picks one by name (build_objective) is train/factory.py, which imports both
+files, so neither needs the other beyond sfclip's base class.
 """
 
 from __future__ import annotations
@@ -234,45 +234,3 @@ class DinoObjective(SelfDistillationMixin, ContrastiveObjective):
         """Return {'loss': distill, 'distill'}."""
         distill = self.distill_term(outputs, batch, step)
         return {"loss": distill, "distill": distill.detach()}
-
-
-def view_spec(section: dict[str, Any] | None, image_size: int, default: dict[str, Any]) -> ViewSpec:
-    """Return the ViewSpec of an objective's `views:` section over a default, at the model's image size."""
-    values = {**default, **(section or {})}
-    unknown = set(values) - set(ViewSpec.__dataclass_fields__)
-    if unknown:
-        raise UserError(f"unknown views parameter '{sorted(unknown)[0]}'; allowed: "
-                        f"{', '.join(ViewSpec.__dataclass_fields__)}")
-    values.setdefault("global_size", image_size)
-    values.setdefault("local_size", max(8, image_size // 2))
-    for key in ("global_scale", "local_scale", "ratio"):
-        if key in values:
-            values[key] = tuple(values[key])
-    return ViewSpec(**values)
-
-
-def build_objective(section: dict[str, Any] | str, image_size: int, rank: int = 0, world_size: int = 1):
-    """Return the objective a recipe's `objective:` section (or bare name) describes."""
-    section = {"name": section} if isinstance(section, str) else dict(section)
-    name = section.pop("name", None)
-    views = section.pop("views", None)
-    common = {"rank": rank, "world_size": world_size}
-    try:
-        if name in CONTRASTIVE_LOSSES:
-            return ContrastiveObjective(name, view_spec(views, image_size, {}), **section, **common)
-        if name == "views-only":
-            section.setdefault("contrastive_views", "all")
-            return ContrastiveObjective(section.pop("contrastive", "clip"), view_spec(views, image_size, SILC_VIEWS),
-                                        **section, **common)
-        if name == "silc":
-            return SilcObjective(section.pop("contrastive", "clip"), view_spec(views, image_size, SILC_VIEWS),
-                                 **section, **common)
-        if name == "dino":
-            return DinoObjective(view_spec(views, image_size, SILC_VIEWS), **section, **common)
-        if name == "sfclip":
-            from silc_eval.train.sfclip import SfClipObjective
-
-            return SfClipObjective(view_spec(views, image_size, {}), **section, **common)
-    except TypeError as exc:
-        raise UserError(f"objective {name}: {exc}") from None
-    raise UserError(f"unknown objective '{name}'; expected one of clip, siglip, views-only, silc, dino, sfclip")

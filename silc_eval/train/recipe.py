@@ -5,11 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from silc_eval.core.errors import UserError
 from silc_eval.core.paths import zoo_dir
-from silc_eval.registry import check_keys
+from silc_eval.core.schema import check_keys, load_yaml_mapping
 
 RECIPE_KEYS = {"name", "description", "objective", "seed", "model", "data", "optim", "eval_suite"}
 REQUIRED_KEYS = {"name", "objective", "model", "data", "optim"}
@@ -38,17 +36,12 @@ def load_recipe(name_or_path: str, overrides: dict[str, Any] | None = None) -> d
     if not path.is_file():
         raise UserError(f"unknown recipe '{name_or_path}'; expected a YAML file or one of "
                         f"{', '.join(available_recipes())}")
-    try:
-        recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(recipe, dict):
-        raise UserError(f"{path}: expected a YAML mapping")
+    recipe = load_yaml_mapping(path)
     check_keys(path, "recipe", recipe, REQUIRED_KEYS, RECIPE_KEYS - REQUIRED_KEYS)
     for section, defaults in (("optim", OPTIM_DEFAULTS), ("data", DATA_DEFAULTS)):
-        unknown = sorted(set(recipe[section]) - set(defaults))
-        if unknown:
-            raise UserError(f"{path}: unknown key '{unknown[0]}' in {section}; allowed: {', '.join(sorted(defaults))}")
+        if not isinstance(recipe[section], dict):
+            raise UserError(f"{path}: '{section}' must be a mapping; expected keys among {', '.join(sorted(defaults))}")
+        check_keys(path, section, recipe[section], (), defaults)
         recipe[section] = {**defaults, **recipe[section]}
     for key, value in (overrides or {}).items():
         section = "optim" if key in OPTIM_DEFAULTS else "data"

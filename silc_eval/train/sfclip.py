@@ -32,8 +32,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from silc_eval.core.errors import UserError
-from silc_eval.models.vit import forward_any_size, grid_for
 from silc_eval.core.paths import PROJECT_ROOT
+from silc_eval.models.loading import local_dir_folder, local_dir_spec
+from silc_eval.models.vit import forward_any_size, grid_for
 from silc_eval.train.augment import ViewSpec
 from silc_eval.train.heads import regression_head
 from silc_eval.train.objectives import ContrastiveObjective, StudentModule
@@ -44,10 +45,9 @@ LOSSES = ("cosine", "smooth_l1", "mse")
 
 def resolve_teacher_path(spec: str) -> str:
     """Return spec with a relative local-dir path resolved against the project root when it is not found as given."""
-    if spec.startswith("local-dir:"):
-        path = Path(spec[len("local-dir:"):])
-        if not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
-            return f"local-dir:{PROJECT_ROOT / path}"
+    path = local_dir_folder(spec)
+    if path is not None and not path.is_absolute() and not path.exists() and (PROJECT_ROOT / path).exists():
+        return local_dir_spec(PROJECT_ROOT / path)
     return spec
 
 

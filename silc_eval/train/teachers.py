@@ -38,7 +38,6 @@ from silc_eval.train.tokenizer import SPECIALS
 
 STUDENT_MEAN = (0.5, 0.5, 0.5)
 STUDENT_STD = (0.5, 0.5, 0.5)
-LOCAL_DIR_PREFIX = "local-dir:"
 TIMM_PREFIX = "timm:"
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 SPECIAL_TOKENS = SPECIALS  # the word tokenizer's special tokens, never inherited
@@ -188,45 +187,24 @@ def _open_clip_teacher(model: torch.nn.Module, spec: str, weights: Path, device,
     return teacher.to(device)
 
 
-def _load_open_clip(model_name: str, pretrained: str | None, spec: str, what: str) -> torch.nn.Module:
-    """Return open_clip.create_model(model_name, pretrained) or raise a one-line UserError."""
-    import open_clip
+def _open_clip_vision_teacher(spec: str, device, student_mean, student_std) -> VisionTeacher:
+    """Return the VisionTeacher of a local-dir:FOLDER or ARCH:CHECKPOINT spec (parsed and loaded as
+    `silc-eval run --model` parses and loads it, by silc_eval.models.loading)."""
+    from silc_eval.models.loading import load_open_clip, local_dir_folder, parse_model_spec
 
-    from silc_eval.core.quiet import quiet_root_logger
-
-    try:
-        with quiet_root_logger():
-            return open_clip.create_model(model_name, pretrained=pretrained, device="cpu")
-    except Exception as exc:  # open_clip raises RuntimeError/ValueError/SafetensorError/... on bad files
-        raise UserError(f"vision teacher {spec}: {what} could not be loaded: {_first_line(exc)}") from None
-
-
-def _local_dir_teacher(spec: str, device, student_mean, student_std) -> VisionTeacher:
-    """Return the VisionTeacher of a local-dir:FOLDER spec."""
-    from silc_eval.models.loading import find_weights_file
-
-    folder = Path(spec[len(LOCAL_DIR_PREFIX):]).expanduser()
-    if not (folder / "open_clip_config.json").is_file():
-        raise UserError(f"vision teacher {spec}: expected an open_clip local-dir folder with "
-                        f"open_clip_config.json and a weights file at {folder}")
-    weights = find_weights_file(folder)
-    model = _load_open_clip(f"{LOCAL_DIR_PREFIX}{folder}", None, spec, f"local-dir {folder}")
-    return _open_clip_teacher(model, spec, weights, device, student_mean, student_std)
-
-
-def _checkpoint_teacher(spec: str, device, student_mean, student_std) -> VisionTeacher:
-    """Return the VisionTeacher of an ARCH:CHECKPOINT spec (parsed as `silc-eval run --model` parses it)."""
-    from silc_eval.models.loading import parse_model_spec
-
+    is_local_dir = local_dir_folder(spec) is not None
     try:
         parsed = parse_model_spec(spec)
     except UserError as exc:
-        raise UserError(f"vision teacher {spec}: {exc}; expected a spec of the form {SPEC_FORMS}") from None
-    if parsed.kind != "checkpoint":
+        expected = "" if is_local_dir else f"; expected a spec of the form {SPEC_FORMS}"
+        raise UserError(f"vision teacher {spec}: {exc}{expected}") from None
+    if parsed.kind not in ("local-dir", "checkpoint"):
         raise UserError(f"vision teacher {spec}: expected a spec of the form {SPEC_FORMS}")
-    model = _load_open_clip(parsed.architecture, str(parsed.path), spec,
-                            f"checkpoint {parsed.path} as {parsed.architecture}")
-    return _open_clip_teacher(model, spec, parsed.path, device, student_mean, student_std)
+    try:
+        parts = load_open_clip(parsed, device="cpu", with_tokenizer=False)
+    except UserError as exc:
+        raise UserError(f"vision teacher {spec}: {exc}") from None
+    return _open_clip_teacher(parts.model, spec, parts.weights, device, student_mean, student_std)
 
 
 def parse_timm_spec(spec: str) -> tuple[str, dict[str, int], Path]:
@@ -307,12 +285,10 @@ def load_vision_teacher(spec: str, device: str | torch.device = "cpu", student_m
     Every problem with the spec or its files is a one-line UserError.
     """
     enforce_offline()
-    if spec.startswith(LOCAL_DIR_PREFIX):
-        return _local_dir_teacher(spec, device, student_mean, student_std)
     if spec.startswith(TIMM_PREFIX):
         return _timm_teacher(spec, device, student_mean, student_std)
-    if ":" in spec:
-        return _checkpoint_teacher(spec, device, student_mean, student_std)
+    if ":" in spec:  # local-dir:FOLDER or ARCH:CHECKPOINT, told apart by silc_eval.models.loading
+        return _open_clip_vision_teacher(spec, device, student_mean, student_std)
     raise UserError(f"vision teacher '{spec}': expected {SPEC_FORMS}")
 
 

@@ -1,0 +1,80 @@
+"""The public evaluate function: one benchmark, one model, the splits its task declared.
+
+`silc-eval run` and the trainer (its in-loop evaluation and a trained model's reference scores)
+evaluate through the same three calls: dataset_root -> build_splits -> evaluate_benchmark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from silc_eval.core.contract import Outcome
+from silc_eval.core.errors import UserError
+from silc_eval.data.formats import build_split, declared_paths, missing_paths, split_paths
+from silc_eval.registry import Benchmark
+
+
+@dataclass
+class Evaluation:
+    """One model on one benchmark: the task's Outcome, the validated protocol, the data's identity, the time."""
+
+    outcome: Outcome
+    protocol: dict
+    fingerprint: str
+    sizes: dict[str, int]
+    wall_time_s: float
+
+    @property
+    def split_info(self) -> dict[str, dict]:
+        """Return {split: {size}} for the record."""
+        return {split: {"size": size} for split, size in self.sizes.items()}
+
+
+def dataset_root(dataset: dict, data_root: Path | None, synthscenes_root: Path | None) -> Path:
+    """Return the folder a declaration's relative paths are resolved against (every split it declares),
+    generating the SynthScenes parts it needs first."""
+    if dataset["source"] == "synthscenes":
+        from silc_eval.producers.synthscenes import ensure_synthscenes
+
+        parts = sorted({Path(p).parts[1] for p in declared_paths(dataset)})
+        return ensure_synthscenes(synthscenes_root, parts=parts)
+    if data_root is None:
+        raise UserError(f"dataset {dataset['name']} reads real data: pass --data-root DIR with "
+                        f"{', '.join(split_paths(dataset))} under it")
+    missing = missing_paths(dataset, data_root)
+    if missing:
+        raise UserError(f"dataset {dataset['name']} not found under {data_root}: expected "
+                        f"{', '.join(map(str, missing))}")
+    return Path(data_root)
+
+
+def build_splits(benchmark: Benchmark, root: Path, transform: Callable | None) -> dict[str, object]:
+    """Return {split: torch Dataset} of every split the benchmark's task declares, read under root."""
+    return {split: build_split(benchmark.dataset, root, transform, split) for split in benchmark.task_spec.splits}
+
+
+def splits_fingerprint(splits: dict[str, object]) -> str:
+    """Return the dataset fingerprint of a record: the eval split's alone, or a hash over every split's."""
+    if set(splits) == {"eval"}:
+        return splits["eval"].fingerprint
+    joined = ";".join(f"{name}:{splits[name].fingerprint}" for name in sorted(splits))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
+def evaluate_benchmark(model, benchmark: Benchmark, splits: dict[str, object], progress: bool = False) -> Evaluation:
+    """Return the Evaluation of model on benchmark over the built splits (the task does the work).
+
+    The task's main metric must be among the metrics it produced with this protocol.
+    """
+    protocol = benchmark.protocol()
+    started = time.perf_counter()
+    outcome = benchmark.task_spec.evaluate(model, splits, protocol, progress=progress)
+    if benchmark.main_metric not in outcome.metrics:
+        raise UserError(f"{benchmark.file}: main_metric '{benchmark.main_metric}' is not produced by task "
+                        f"{benchmark.task} with these parameters; it produces {', '.join(outcome.metrics)}")
+    return Evaluation(outcome, protocol, splits_fingerprint(splits), {s: len(d) for s, d in splits.items()},
+                      time.perf_counter() - started)

@@ -1,0 +1,141 @@
+"""Resuming a run: which earlier records of an output folder are kept, and why the others are recomputed.
+
+A rerun into the same output folder keeps every record whose inputs are unchanged: the model's
+weights (sha256), the dataset (fingerprint of every split the task reads), the protocol
+parameters, the benchmark's definition and the VERSION OF ITS TASK (a fix to one task
+recomputes that task's records only), and whose per-sample sidecar is present and intact.
+Records of schema v1 (before task versions and sidecars) are recomputed. Records are written
+atomically, so a killed run leaves whole records of what it finished and nothing of the rest.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from silc_eval.core.fingerprint import file_sha256
+from silc_eval.core.records import RECORD_SCHEMA_V1, record_path, sidecar_problem
+from silc_eval.evaluate.api import build_splits, splits_fingerprint
+from silc_eval.models.loading import find_weights_file, parse_model_spec
+from silc_eval.registry import Benchmark
+from silc_eval.report.records import read_one
+
+RESUME_INPUTS = "model sha256, dataset fingerprint, protocol, task version"
+
+
+@dataclass
+class ResumePlan:
+    """The records a run keeps (by model spec, then benchmark name) and the ones it recomputes, with why."""
+
+    kept: dict[str, dict[str, dict]] = field(default_factory=dict)
+    stale: list[tuple[str, str, str]] = field(default_factory=list)  # (model name, benchmark name, reason)
+
+    def kept_records(self, spec: str) -> list[dict]:
+        """Return the records kept for a model spec."""
+        return list(self.kept.get(spec, {}).values())
+
+    def pending(self, spec: str, benchmarks: Sequence[Benchmark]) -> list[Benchmark]:
+        """Return the benchmarks a model spec still has to be evaluated on, in order."""
+        kept = self.kept.get(spec, {})
+        return [b for b in benchmarks if b.name not in kept]
+
+
+def weights_sha256(spec: str) -> str:
+    """Return the sha256 of a model spec's weights file (what load_model records), without loading it."""
+    parsed = parse_model_spec(spec)
+    return file_sha256(parsed.path if parsed.kind == "checkpoint" else find_weights_file(parsed.path))
+
+
+def as_json(value):
+    """Return value as it reads back from a JSON record (tuples become lists, keys strings)."""
+    return json.loads(json.dumps(value, sort_keys=True))
+
+
+def changed_inputs(record: dict, sha256: str, benchmark: Benchmark) -> list[str]:
+    """Return what differs between a record and this run, leaving out the dataset fingerprint ([] if nothing)."""
+    changes = []
+    if record["model"]["sha256"] != sha256:
+        changes.append("model weights changed (sha256)")
+    found, current = record["benchmark"].get("task_version"), benchmark.task_spec.version
+    if found != current:
+        changes.append(f"task {benchmark.task} version {found} -> {current}")
+    old, new = record["protocol"], as_json(benchmark.protocol())
+    differing = sorted(k for k in set(old) | set(new) if old.get(k, "(unset)") != new.get(k, "(unset)"))
+    if differing:
+        shown = ", ".join(f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in differing[:3])
+        changes.append(f"protocol changed ({shown}{', ...' if len(differing) > 3 else ''})")
+    if record["dataset"].get("declaration") != as_json(benchmark.dataset):
+        changes.append("dataset declaration changed (e.g. its training split)")
+    definition = {k: record["benchmark"].get(k) for k in ("task", "group", "main_metric")}
+    if definition != {"task": benchmark.task, "group": benchmark.group, "main_metric": benchmark.main_metric}:
+        changes.append("benchmark definition changed (task, group or main metric)")
+    return changes
+
+
+def existing_record(path: Path, model_name: str, benchmark: Benchmark) -> tuple[dict | None, str | None]:
+    """Return (record, None) for a usable earlier record at path, (None, why not) for an unusable one,
+    and (None, None) when there is none."""
+    if not path.exists():
+        return None, None
+    record, problem = read_one(path)
+    if problem:
+        return None, f"unusable record ({problem})"
+    if record["schema"] == RECORD_SCHEMA_V1:
+        return None, "record schema v1 (written before per-task versions and per-sample sidecars)"
+    if (record["model"]["name"], record["benchmark"]["name"]) != (model_name, benchmark.name):
+        return None, (f"foreign record (of {record['model']['name']} on {record['benchmark']['name']})")
+    sections_ok = all(isinstance(record.get(k), dict) for k in ("dataset", "protocol", "provenance"))
+    if not sections_ok or not record["dataset"].get("fingerprint") or benchmark.main_metric not in record["metrics"]:
+        return None, "malformed record (no dataset fingerprint, protocol, provenance or main metric)"
+    problem = sidecar_problem(path, record)
+    if problem:
+        return None, problem
+    return record, None
+
+
+def plan_resume(output: Path, model_specs: Sequence[str], benchmarks: Sequence[Benchmark],
+                roots: dict[str, Path]) -> ResumePlan:
+    """Return which records under output a run of model_specs x benchmarks can keep.
+
+    Model weights are hashed and datasets fingerprinted only where an earlier record exists; the
+    splits are built without a transform for their fingerprints (no image is read).
+    """
+    plan, fingerprints = ResumePlan(), {}
+    for spec in model_specs:
+        name, sha256 = parse_model_spec(spec).name, None
+        for benchmark in benchmarks:
+            record, problem = existing_record(record_path(output, name, benchmark.name), name, benchmark)
+            if record is None:
+                if problem:
+                    plan.stale.append((name, benchmark.name, problem))
+                continue
+            sha256 = sha256 or weights_sha256(spec)
+            changes = changed_inputs(record, sha256, benchmark)
+            if not changes:
+                key = (json.dumps(benchmark.dataset, sort_keys=True), benchmark.task_spec.splits)
+                if key not in fingerprints:
+                    fingerprints[key] = splits_fingerprint(build_splits(benchmark, roots[benchmark.name], None))
+                if record["dataset"]["fingerprint"] != fingerprints[key]:
+                    changes.append("dataset changed (fingerprint)")
+            if changes:
+                plan.stale.append((name, benchmark.name, "; ".join(changes)))
+            else:
+                plan.kept.setdefault(spec, {})[benchmark.name] = record
+    return plan
+
+
+def resume_block(plan: ResumePlan, output: Path, total: int) -> str | None:
+    """Return the stderr block naming the records kept and the earlier ones recomputed (None if neither)."""
+    if not plan.kept and not plan.stale:
+        return None
+    kept = sum(len(by_benchmark) for by_benchmark in plan.kept.values())
+    recompute = f"; recomputing {len(plan.stale)} earlier records that are stale or unusable" if plan.stale else ""
+    lines = [f"silc-eval: resuming in {output}: keeping {kept} of {total} records whose inputs are unchanged "
+             f"({RESUME_INPUTS}; --force recomputes them){recompute}:"]
+    for spec, by_benchmark in plan.kept.items():
+        lines.append(f"  kept       {parse_model_spec(spec).name}: {', '.join(by_benchmark)}")
+    for model, benchmark, reason in plan.stale:
+        lines.append(f"  recompute  {model} / {benchmark}: {reason}")
+    return "\n".join(lines)

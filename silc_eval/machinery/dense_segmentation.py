@@ -1,0 +1,118 @@
+"""Dense prediction over a segmentation dataset, shared by the zero-shot and the trained-head tasks.
+
+- window functions: windows (N, 3, h, w) -> logits (N, Q, gh, gw), from the model's dense
+  features (model.dense_features) compared by cosine with text embeddings;
+- slide_images: the sliding-window logits of raw images at their original size (windows.py);
+- SCLIP's zero-shot post-processing: logit scale, softmax over every name, max over a class's
+  names, the area and probability thresholds that make background (PROTOCOLS.md 4);
+- slid_meter: every image of a dataset through a window function and a post-processing into a
+  SegmentationMeter (per-image counts), sharded over torchrun ranks by whole image batches.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from silc_eval.core import distributed
+from silc_eval.features import autocast_context
+from silc_eval.machinery.segmentation_metrics import SegmentationMeter
+from silc_eval.machinery.windows import normalization_tensors, prepare_image, slide_logits
+
+WindowFn = Callable[[torch.Tensor], torch.Tensor]  # windows (N, 3, h, w) -> logits or features (N, ..., gh, gw)
+
+
+def class_probabilities(logits: torch.Tensor, query_class: torch.Tensor, num_classes: int,
+                        logit_scale: float) -> torch.Tensor:
+    """Return (C, H, W) probabilities from query cosine logits (Q, H, W): softmax over all queries of
+    logit_scale * logits, then per class the max over its queries."""
+    probs = (logits * logit_scale).softmax(dim=0)
+    if len(query_class) == num_classes:
+        return probs
+    out = probs.new_full((num_classes, *probs.shape[1:]), -math.inf)
+    index = query_class.to(probs.device)[:, None, None].expand_as(probs)
+    return out.scatter_reduce(0, index, probs, reduce="amax", include_self=True)
+
+
+def predict_classes(probs: torch.Tensor, prob_thd: float = 0.0, area_thd: float | None = None) -> torch.Tensor:
+    """Return the (H, W) class map of (C, H, W) probabilities with SCLIP's background rules.
+
+    area_thd: classes 1.. whose argmax area is below area_thd x the area of all classes 1..
+    are zeroed before the argmax; prob_thd: pixels whose best probability is below it get 0.
+    """
+    if area_thd:
+        winners = probs.argmax(dim=0)
+        area = torch.bincount(winners.flatten(), minlength=probs.shape[0])[1:].to(probs.dtype)
+        keep = (area > area_thd * area.sum()).to(probs.dtype)
+        probs = probs.clone()
+        probs[1:] *= keep[:, None, None]
+    best, prediction = probs.max(dim=0)
+    if prob_thd:
+        prediction[best < prob_thd] = 0
+    return prediction
+
+
+def text_window_fn(model, text: torch.Tensor, variant: str, amp: bool) -> WindowFn:
+    """Return a function mapping windows (N, 3, h, w) to cosine logits (N, Q, gh, gw) of a dense variant."""
+    text = text.to(model.device)
+
+    def window_fn(windows: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast_context(model.device, amp):
+            features = F.normalize(model.dense_features(windows, variant).float(), dim=-1)
+            return torch.einsum("bhwe,qe->bqhw", features, text)
+
+    return window_fn
+
+
+def slide_images(model, images: Sequence[torch.Tensor], window_fn: WindowFn, params: dict) -> list[torch.Tensor]:
+    """Return per uint8 image (3, H, W) its window-averaged logits (Q, H, W) at the original size."""
+    mean, std = normalization_tensors(model)
+    prepared = [prepare_image(image.to(model.device), params["short_side"], mean, std) for image in images]
+    return slide_logits(prepared, window_fn, params["window"], params["stride"], params["batch_size"],
+                        output_sizes=[tuple(image.shape[-2:]) for image in images])
+
+
+def zeroshot_postprocess(query_class: torch.Tensor, num_classes: int, params: dict):
+    """Return the function mapping query logits (Q, H, W) to a class map with SCLIP's background rules."""
+    def postprocess(logits: torch.Tensor) -> torch.Tensor:
+        probs = class_probabilities(logits, query_class, num_classes, params["logit_scale"])
+        return predict_classes(probs, params["prob_thd"], params["area_thd"])
+
+    return postprocess
+
+
+def segment(model, images: Sequence[torch.Tensor], text: torch.Tensor, query_class: torch.Tensor,
+            num_classes: int, params: dict) -> list[torch.Tensor]:
+    """Return the (H, W) predicted class maps of uint8 images (3, H, W) at their original sizes."""
+    window_fn = text_window_fn(model, text, params["variant"], params["amp"])
+    postprocess = zeroshot_postprocess(query_class, num_classes, params)
+    return [postprocess(logits) for logits in slide_images(model, images, window_fn, params)]
+
+
+def image_batches(dataset, batch_size: int, num_workers: int) -> DataLoader:
+    """Return a loader yielding lists of (image, label, index) of a SegmentationDataset, in order."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=lambda items: items)
+
+
+def slid_meter(model, dataset, window_fn: WindowFn, postprocess, params: dict, progress: bool = True,
+               desc: str = "segmentation") -> SegmentationMeter:
+    """Return the SegmentationMeter of postprocess(logits) over every image of dataset, logits slid by window_fn.
+
+    Under torchrun each rank takes its block of whole image batches; the per-image counts come
+    back in dataset order on every rank.
+    """
+    meter = SegmentationMeter(dataset.num_classes, dataset.ignore_index)
+    images_per_step = max(1, params["batch_size"] // 4)
+    shard = distributed.shard_dataset(dataset, images_per_step)
+    for items in tqdm(image_batches(shard, images_per_step, params["num_workers"]), disable=not progress,
+                      desc=desc, leave=False):
+        logits = slide_images(model, [image for image, _, _ in items], window_fn, params)
+        for image_logits, (_, label, _) in zip(logits, items):
+            meter.update(postprocess(image_logits).cpu(), label)
+    return meter.gather(len(dataset))
