@@ -72,8 +72,8 @@ def parse_benchmark(path: Path) -> Benchmark:
     if dataset["format"] not in task.formats:
         raise UserError(f"{path}: task {task.name} reads {', '.join(task.formats)} datasets, not {dataset['format']}")
     if fmt.kind(dataset) != task.data_kind:
-        raise UserError(f"{path}: dataset {dataset['name']} holds {fmt.kind(dataset)} data; task {task.name} needs "
-                        f"{task.data_kind} data")
+        raise UserError(f"{path}: dataset {dataset['name']} holds {fmt.kind(dataset)} data, which does not fit "
+                        f"task {task.name}; it needs {task.data_kind} data")
     for split in task.splits:
         if not fmt.has_split(dataset, split):
             raise UserError(f"{path}: task {task.name} needs a {split} split, which dataset {dataset['name']} does not "

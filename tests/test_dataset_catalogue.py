@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from silc_eval.data.build import build_dataset, expected_paths, missing_paths
+from silc_eval.data.formats import build_split, missing_paths, split_paths
 from silc_eval.core.errors import UserError
 from silc_eval.registry import load_benchmarks, parse_benchmark
 
@@ -58,7 +58,7 @@ def test_imagenet_val_wnid_folders_use_the_standard_order_and_packaged_names(tmp
     write_image(val / "n15075141" / "._ILSVRC2012_val_00000003.JPEG", 4, "JPEG")  # macOS resource fork: ignored
 
     benchmark = benchmarks["imagenet1k-zeroshot"]
-    dataset = build_dataset(benchmark.dataset, tmp_path, transform=None)
+    dataset = build_split(benchmark.dataset, tmp_path, transform=None)
     assert len(dataset.classes) == 1000 and dataset.classes[:2] == ["tench", "goldfish"]
     assert dataset.classes == packaged("classnames", "imagenet1k")
     assert len(dataset.templates) == 80
@@ -66,7 +66,7 @@ def test_imagenet_val_wnid_folders_use_the_standard_order_and_packaged_names(tmp
     assert dataset.classes[999] == "toilet paper"
     image, label = dataset[2]
     assert label == 999 and image.size == (20, 12)
-    assert (dataset.declaration, dataset.root, dataset.split) == (benchmark.dataset, tmp_path, "val")
+    assert not hasattr(dataset, "declaration")  # a reader hands over data, never the means to open more
 
 
 def test_imagenet_flat_val_folder_says_to_sort_into_class_folders(tmp_path, benchmarks):
@@ -74,7 +74,7 @@ def test_imagenet_flat_val_folder_says_to_sort_into_class_folders(tmp_path, benc
     for i in range(3):
         write_image(val / f"ILSVRC2012_val_{i:08d}.JPEG", i, "JPEG")
     with pytest.raises(UserError, match="valprep.sh") as info:
-        build_dataset(benchmarks["imagenet1k-zeroshot"].dataset, tmp_path, transform=None)
+        build_split(benchmarks["imagenet1k-zeroshot"].dataset, tmp_path, transform=None)
     assert "\n" not in str(info.value)
 
 
@@ -101,7 +101,7 @@ def test_clip_benchmark_food101_is_opened_by_its_builder(tmp_path, benchmarks):
     write_food101(tmp_path)
     declaration = benchmarks["food101-zeroshot"].dataset
     assert missing_paths(declaration, tmp_path) == []
-    dataset = build_dataset(declaration, tmp_path, transform=None)
+    dataset = build_split(declaration, tmp_path, transform=None)
     # torchvision sorts the class folders; clip-benchmark turns '_' into spaces.
     assert dataset.classes == ["apple pie", "baby back ribs", "sushi"]
     assert dataset.templates == packaged("templates", "food101")
@@ -109,9 +109,9 @@ def test_clip_benchmark_food101_is_opened_by_its_builder(tmp_path, benchmarks):
     assert sorted(dataset.targets) == [0, 0, 0, 1, 2, 2]
     image, label = dataset[0]
     assert image.size == (20, 12) and label == dataset.targets[0]
-    assert dataset.split == "val" and len(dataset.fingerprint) == 16
+    assert len(dataset.fingerprint) == 16
 
-    train = build_dataset({**declaration, "train_split": "train"}, tmp_path, transform=None, split="train")
+    train = build_split({**declaration, "train_split": "train"}, tmp_path, transform=None, split="train")
     assert len(train) == 3 and sorted(train.targets) == [0, 1, 2]
 
 
@@ -120,7 +120,7 @@ def test_clip_benchmark_missing_folder_names_what_belongs_there(tmp_path, benchm
     (tmp_path / "food101" / "food-101" / "images").mkdir(parents=True)
     assert missing_paths(declaration, tmp_path) == [tmp_path / "food101/food-101/meta/test.json"]
     with pytest.raises(UserError, match=r"food101/food-101/meta/test\.json") as info:
-        build_dataset(declaration, tmp_path, transform=None)
+        build_split(declaration, tmp_path, transform=None)
     assert "\n" not in str(info.value)
 
 
@@ -167,7 +167,7 @@ def test_wds_shards_are_read_in_order_with_their_labels(tmp_path, benchmarks):
     write_wds(tmp_path)
     declaration = benchmarks["cifar10-zeroshot-wds"].dataset
     assert missing_paths(declaration, tmp_path) == []
-    dataset = build_dataset(declaration, tmp_path, transform=None)
+    dataset = build_split(declaration, tmp_path, transform=None)
     assert dataset.classes == ["airplane", "automobile", "bird"]
     assert dataset.templates == ["a photo of a {c}.", "a blurry photo of a {c}."]
     assert len(dataset) == 5
@@ -181,7 +181,7 @@ def test_wds_label_outside_the_class_list_is_a_user_error(tmp_path, benchmarks):
     folder = write_wds(tmp_path)
     write_tar(folder / "test" / "1.tar", {"s0000003.png": image_bytes(3), "s0000003.cls": b"7"})
     with pytest.raises(UserError, match=r"1\.tar:s0000003\.cls holds '7'; expected a class index in 0\.\.2"):
-        build_dataset(benchmarks["cifar10-zeroshot-wds"].dataset, tmp_path, transform=None)
+        build_split(benchmarks["cifar10-zeroshot-wds"].dataset, tmp_path, transform=None)
 
 
 def test_wds_missing_split_names_the_layout(tmp_path, benchmarks):
@@ -190,7 +190,7 @@ def test_wds_missing_split_names_the_layout(tmp_path, benchmarks):
     declaration = benchmarks["cifar10-zeroshot-wds"].dataset
     assert missing_paths(declaration, tmp_path) == [tmp_path / "wds_cifar10" / "test"]
     with pytest.raises(UserError, match=r"wds_cifar10/test/0\.tar"):
-        build_dataset(declaration, tmp_path, transform=None)
+        build_split(declaration, tmp_path, transform=None)
 
 
 # ----------------------------------------------------------------------------- retrieval: Karpathy JSON
@@ -212,7 +212,7 @@ def test_karpathy_coco_reads_the_test_split_from_val2014(tmp_path, benchmarks):
         entries.append(karpathy_entry(name, split, [f"A photo number {i}, caption {k}. " for k in range(5 + i % 2)],
                                       filepath=folder, imgid=i))
     (tmp_path / "coco" / "dataset_coco.json").write_text(json.dumps({"images": entries, "dataset": "coco"}))
-    dataset = build_dataset(benchmarks["coco5k-retrieval"].dataset, tmp_path, transform=None)
+    dataset = build_split(benchmarks["coco5k-retrieval"].dataset, tmp_path, transform=None)
     assert [p.name for p in dataset.image_paths] == [f"COCO_val2014_{i:012d}.jpg" for i in (0, 2, 5)]
     assert [len(c) for c in dataset.captions] == [5, 5, 6]
     assert dataset.captions[2][5] == "A photo number 5, caption 5."
@@ -225,7 +225,7 @@ def test_karpathy_flickr_has_no_filepath(tmp_path, benchmarks):
     for i in range(3):
         write_image(tmp_path / "flickr30k" / "flickr30k-images" / f"{1000 + i}.jpg", i, "JPEG")
     (tmp_path / "flickr30k" / "dataset_flickr30k.json").write_text(json.dumps({"images": entries}))
-    dataset = build_dataset(benchmarks["flickr30k-retrieval"].dataset, tmp_path, transform=None)
+    dataset = build_split(benchmarks["flickr30k-retrieval"].dataset, tmp_path, transform=None)
     assert len(dataset) == 2
     assert dataset.image_paths[1] == tmp_path / "flickr30k" / "flickr30k-images" / "1001.jpg"
     assert dataset.captions[1] == [f"dog 1 {k}" for k in range(5)]
@@ -246,7 +246,7 @@ def test_clip_benchmark_mscoco_captions_layout(tmp_path, benchmarks):
     (tmp_path / "coco" / "coco_test_karpathy.json").write_text(json.dumps(coco_format(images, captions)))
     declaration = benchmarks["coco5k-retrieval-cb"].dataset
     assert missing_paths(declaration, tmp_path) == []
-    dataset = build_dataset(declaration, tmp_path, transform=None)
+    dataset = build_split(declaration, tmp_path, transform=None)
     # torchvision's CocoCaptions order: ascending image id; captions in file order.
     assert [p.name for p in dataset.image_paths] == ["COCO_val2014_000000000007.jpg", "COCO_val2014_000000000042.jpg"]
     assert dataset.captions == [["a first", "a second", "a third"], ["b first", "b second"]]
@@ -258,7 +258,7 @@ def test_clip_benchmark_flickr30k_layout(tmp_path, benchmarks):
         write_image(folder / f"{500 + i}.jpg", i, "JPEG")
     (folder / "flickr30k_test_karpathy.txt").write_text(
         "image,caption\n500.jpg,A man, a dog.\n501.jpg,Two cats.\n500.jpg,Another caption\n")
-    dataset = build_dataset(benchmarks["flickr30k-retrieval-cb"].dataset, tmp_path, transform=None)
+    dataset = build_split(benchmarks["flickr30k-retrieval-cb"].dataset, tmp_path, transform=None)
     assert [p.name for p in dataset.image_paths] == ["500.jpg", "501.jpg"]
     assert dataset.captions == [["A man, a dog.", "Another caption"], ["Two cats."]]
 
@@ -267,7 +267,7 @@ def test_clip_benchmark_retrieval_missing_annotations_is_one_line(tmp_path, benc
     (tmp_path / "coco" / "val2014").mkdir(parents=True)
     declaration = benchmarks["coco5k-retrieval-cb"].dataset
     with pytest.raises(UserError, match=r"coco/coco_test_karpathy\.json") as info:
-        build_dataset(declaration, tmp_path, transform=None)
+        build_split(declaration, tmp_path, transform=None)
     assert "\n" not in str(info.value)
 
 
@@ -283,8 +283,8 @@ def test_coco_captions_json_through_pycocotools(tmp_path, benchmarks):
     (tmp_path / "coco" / "annotations" / "captions_val2017.json").write_text(
         json.dumps({"info": {}, "licenses": [], **coco_format(images, captions)}))
     declaration = benchmarks["coco2017-val-retrieval"].dataset
-    assert expected_paths(declaration) == ["coco/annotations/captions_val2017.json", "coco/val2017"]
-    dataset = build_dataset(declaration, tmp_path, transform=None)
+    assert split_paths(declaration) == ["coco/annotations/captions_val2017.json", "coco/val2017"]
+    dataset = build_split(declaration, tmp_path, transform=None)
     assert [p.name for p in dataset.image_paths] == ["000000000090.jpg", "000000000139.jpg", "000000000285.jpg"]
     assert dataset.captions == [["field 1", "field 2"], ["room 1", "room 2"], ["bear 1", "bear 2", "bear 3"]]
     image, captions_of_first = dataset[0]
@@ -297,4 +297,4 @@ def test_coco_captions_image_missing_names_it(tmp_path, benchmarks):
     (tmp_path / "coco" / "annotations" / "captions_val2017.json").write_text(
         json.dumps(coco_format([(1, "000000000001.jpg")], [(1, "x")])))
     with pytest.raises(UserError, match="000000000001.jpg"):
-        build_dataset(benchmarks["coco2017-val-retrieval"].dataset, tmp_path, transform=None)
+        build_split(benchmarks["coco2017-val-retrieval"].dataset, tmp_path, transform=None)

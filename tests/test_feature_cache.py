@@ -9,11 +9,12 @@ import open_clip
 import pytest
 import torch
 
+from conftest import evaluate_task
 from silc_eval.features import cache as feature_cache
 from silc_eval.features import compute_image_features, encode_images
 from silc_eval.tasks import zeroshot_classification
 
-ZS_PARAMS = {**zeroshot_classification.DEFAULT_PARAMS, "batch_size": 8}
+ZS_PARAMS = {**zeroshot_classification.TASK.default_params, "batch_size": 8}
 
 
 @pytest.fixture
@@ -40,9 +41,9 @@ def entries(cache_root) -> list[str]:
 
 
 def test_second_evaluation_computes_no_image_features(tiny_model, dataset, cache_root):
-    first = zeroshot_classification.evaluate(tiny_model, dataset, ZS_PARAMS, progress=False)
+    first = evaluate_task(zeroshot_classification, tiny_model, dataset, ZS_PARAMS)
     assert computed() == len(dataset) == 24
-    second = zeroshot_classification.evaluate(tiny_model, dataset, ZS_PARAMS, progress=False)
+    second = evaluate_task(zeroshot_classification, tiny_model, dataset, ZS_PARAMS)
     assert computed() == 24, "the second evaluation ran the image encoder again"
     assert feature_cache.STATS["hits"] == 1
     assert first == second
@@ -56,9 +57,9 @@ def test_cached_features_equal_fresh_ones_and_results_match_without_cache(tiny_m
     served = encode_images(tiny_model, dataset, batch_size=8, progress=False)
     assert feature_cache.STATS["hits"] == 1
     assert torch.equal(served, fresh)
-    with_cache = zeroshot_classification.evaluate(tiny_model, dataset, ZS_PARAMS, progress=False)
+    with_cache = evaluate_task(zeroshot_classification, tiny_model, dataset, ZS_PARAMS)
     monkeypatch.setenv(feature_cache.ENV_SWITCH, "off")
-    without_cache = zeroshot_classification.evaluate(tiny_model, dataset, ZS_PARAMS, progress=False)
+    without_cache = evaluate_task(zeroshot_classification, tiny_model, dataset, ZS_PARAMS)
     assert with_cache == without_cache
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from silc_eval.features import cache as feature_cache
-from silc_eval.data.build import build_dataset
+from silc_eval.data.formats import build_split
 from silc_eval.core.errors import UserError
 from silc_eval.tasks import TASKS, linear_probe
+from conftest import evaluate_task
 from silc_eval.machinery import probes as pt
 
 
@@ -108,7 +109,7 @@ def test_logistic_probe_accuracy_within_one_point_of_sklearn():
 
     x, y = gaussian_features(6, 400, 16, seed=5, spread=1.3)
     x_tr, y_tr, x_te, y_te = x[:1200], y[:1200], x[1200:], y[1200:]
-    ours = linear_probe.probe_metrics(x_tr, y_tr, x_te, y_te, 6, {**linear_probe.DEFAULT_PARAMS, "shots": ["full"],
+    ours = linear_probe.probe_metrics(x_tr, y_tr, x_te, y_te, 6, {**linear_probe.TASK.default_params, "shots": ["full"],
                                                                   "seeds": [0]})
     sk = LogisticRegression(max_iter=2000).fit(x_tr.numpy(), y_tr.numpy()).score(x_te.numpy(), y_te.numpy())
     assert 0.6 < sk < 0.99  # a problem where the probes can disagree
@@ -163,7 +164,7 @@ def test_fewshot_training_rows_come_only_from_the_train_part(monkeypatch):
     seen = []
     train = pt.train_logistic
     monkeypatch.setattr(pt, "train_logistic", lambda fx, fy, *a, **k: seen.append((fx[:, 0] / 1000).round().long()) or train(fx, fy, *a, **k))
-    params = {**linear_probe.DEFAULT_PARAMS, "shots": [2], "seeds": [1], "epochs": 1}
+    params = {**linear_probe.TASK.default_params, "shots": [2], "seeds": [1], "epochs": 1}
     linear_probe.probe_metrics(x, y, x[:6], y[:6], 3, params)
     train_part, val_part = pt.carve_validation(y.numpy(), 3, 0.2, 1)
     kshot = set(pt.sample_kshot(y.numpy(), 3, 2, 1, pool=train_part).tolist())
@@ -175,7 +176,7 @@ def test_fewshot_training_rows_come_only_from_the_train_part(monkeypatch):
 
 def test_insufficient_shots_are_marked_not_run(capsys):
     x, y = gaussian_features(3, 6, 4, seed=1)
-    metrics = linear_probe.probe_metrics(x, y, x, y, 3, {**linear_probe.DEFAULT_PARAMS, "protocol": "ridge",
+    metrics = linear_probe.probe_metrics(x, y, x, y, 3, {**linear_probe.TASK.default_params, "protocol": "ridge",
                                                         "shots": [1, 5, 10], "seeds": [0, 1]})
     assert math.isnan(metrics["acc1_10shot_mean"]) and math.isnan(metrics["acc1_10shot_std"])
     assert 0 <= metrics["acc1_5shot_mean"] <= 1 and 0 <= metrics["acc1_1shot_mean"] <= 1
@@ -186,14 +187,14 @@ def test_insufficient_shots_are_marked_not_run(capsys):
 def test_nothing_runnable_is_a_user_error():
     x, y = gaussian_features(3, 4, 4, seed=1)
     with pytest.raises(UserError, match="could not run any"):
-        linear_probe.probe_metrics(x, y, x, y, 3, {**linear_probe.DEFAULT_PARAMS, "shots": [25], "seeds": [0]})
+        linear_probe.probe_metrics(x, y, x, y, 3, {**linear_probe.TASK.default_params, "shots": [25], "seeds": [0]})
 
 
 @pytest.mark.parametrize("bad", [{"protocol": "svm"}, {"shots": [0]}, {"shots": "5"}, {"seeds": []},
                                  {"fewshot_weight_decay": "auto"}])
 def test_bad_params_are_user_errors(bad):
     with pytest.raises(UserError, match="linear_probe"):
-        linear_probe.check_params({**linear_probe.DEFAULT_PARAMS, **bad})
+        linear_probe.TASK.protocol(bad, "bench.yaml")
 
 
 # ----------------------------------------------------------------------------- the task end to end
@@ -203,14 +204,15 @@ def test_task_runs_on_a_model_with_cached_features(tiny_model, tiny_classificati
     feature_cache.reset_stats()
     declaration = {"name": "tiny", "source": "data-root", "format": "imagefolder", "root": "val", "train_root": "val",
                    "classnames": "classnames.txt", "templates": "templates.txt"}
-    dataset = build_dataset(declaration, tiny_classification_dir.root, tiny_model.preprocess)
-    assert "linear_probe" in TASKS
-    params = {**linear_probe.DEFAULT_PARAMS, "shots": ["full", 1], "seeds": [0, 1], "epochs": 2}
-    first = linear_probe.evaluate(tiny_model, dataset, params, progress=False)
+    dataset = {split: build_split(declaration, tiny_classification_dir.root, tiny_model.preprocess, split)
+               for split in ("train", "eval")}
+    assert TASKS["linear_probe"] is linear_probe.TASK
+    params = {**linear_probe.TASK.default_params, "shots": ["full", 1], "seeds": [0, 1], "epochs": 2}
+    first = evaluate_task(linear_probe, tiny_model, dataset, params, progress=False)
     assert feature_cache.STATS["images_computed"] == 48  # train and test split, once each
-    ridge = linear_probe.evaluate(tiny_model, dataset, {**params, "protocol": "ridge", "shots": ["full", 1, 2]},
+    ridge = evaluate_task(linear_probe, tiny_model, dataset, {**params, "protocol": "ridge", "shots": ["full", 1, 2]},
                                   progress=False)
-    again = linear_probe.evaluate(tiny_model, dataset, params, progress=False)
+    again = evaluate_task(linear_probe, tiny_model, dataset, params, progress=False)
     assert feature_cache.STATS["images_computed"] == 48
     assert first == again
     assert set(first) == {f"acc1_{s}_{m}" for s in ("full", "1shot") for m in ("mean", "std")}

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from silc_eval.data.build import build_dataset, dataset_root
+from silc_eval.data.formats import build_split
+from silc_eval.evaluate.api import dataset_root
 from silc_eval.data.readers import ImageFolderClassification, KarpathyRetrieval
 from silc_eval.core.errors import UserError
 from silc_eval.registry import load_benchmarks
@@ -70,7 +71,7 @@ def test_imagenet_layout_uses_clip_benchmark_names_and_80_templates(tmp_path):
     benchmark = load_benchmarks()["imagenet1k-zeroshot"]
     for index in range(1000):
         write_png(tmp_path / "imagenet" / "val" / f"n{index:08d}" / "0.png", index, size=(4, 4))
-    dataset = build_dataset(benchmark.dataset, dataset_root(benchmark.dataset, tmp_path, None), None)
+    dataset = build_split(benchmark.dataset, dataset_root(benchmark.dataset, tmp_path, None), None)
     assert len(dataset.classes) == 1000 and dataset.classes[0] == "tench" and dataset.classes[1] == "goldfish"
     assert len(dataset.templates) == 80
     assert dataset.targets[:3] == [0, 1, 2]

@@ -35,7 +35,7 @@ def test_shipped_suites_resolve_in_declared_order():
     assert {"all", "quick"} <= set(load_suites())
     for benchmark in load_benchmarks().values():
         assert benchmark.task in TASKS
-        assert set(benchmark.protocol()) == set(TASKS[benchmark.task].DEFAULT_PARAMS)
+        assert set(benchmark.protocol()) == set(TASKS[benchmark.task].default_params)
 
 
 def test_protocol_overlays_benchmark_params_on_task_defaults(tmp_path):
@@ -43,7 +43,7 @@ def test_protocol_overlays_benchmark_params_on_task_defaults(tmp_path):
     root = write_tree(tmp_path, {"toy": body}, {"s": {"name": "s", "benchmarks": ["toy"]}})
     (benchmark,) = resolve_suite("s", root)
     assert benchmark.protocol()["batch_size"] == 7
-    assert benchmark.protocol()["logit_scale"] == TASKS["zeroshot_classification"].DEFAULT_PARAMS["logit_scale"]
+    assert benchmark.protocol()["logit_scale"] == TASKS["zeroshot_classification"].default_params["logit_scale"]
 
 
 @pytest.mark.parametrize("mutate, message", [

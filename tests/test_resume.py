@@ -28,12 +28,12 @@ KILL_DEADLINE_S = 600  # a safety net for a hung child, not a timing assertion
 def evaluations(monkeypatch):
     """Count the task evaluations of the test, by task name."""
     counts = Counter()
-    for name, module in TASKS.items():
-        def counted(*args, _name=name, _evaluate=module.evaluate, **kwargs):
+    for name, task in list(TASKS.items()):
+        def counted(*args, _name=name, _evaluate=task.evaluate, **kwargs):
             counts[_name] += 1
             return _evaluate(*args, **kwargs)
 
-        monkeypatch.setattr(module, "evaluate", counted)
+        monkeypatch.setitem(TASKS, name, replace(task, evaluate=counted))
     return counts
 
 
@@ -49,9 +49,9 @@ def record_file(output: Path, model_dir: Path, benchmark: str) -> Path:
 
 
 def snapshot(output: Path) -> dict[str, tuple[bytes, int]]:
-    """Return {record path: (bytes, mtime_ns)} of every record under output."""
+    """Return {record or sidecar path: (bytes, mtime_ns)} of every file under output/records."""
     return {str(p.relative_to(output)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted((output / "records").glob("*/*.json"))}
+            for p in sorted((output / "records").glob("*/*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def edit_record(path: Path, change) -> None:
 
 def test_rerun_skips_every_unchanged_record(rerun_dir, tiny_model_dir, evaluations, capsys):
     before = snapshot(rerun_dir)
-    assert len(before) == len(FAST)
+    assert len(before) == 2 * len(FAST)  # a record and its per-sample sidecar each
     assert run_cli(rerun_dir, tiny_model_dir) == 0
     assert sum(evaluations.values()) == 0
     assert snapshot(rerun_dir) == before  # same bytes, not even rewritten
@@ -93,7 +93,9 @@ def test_force_recomputes_everything(rerun_dir, tiny_model_dir, evaluations, cap
 
 
 @pytest.mark.parametrize("change, reason", [
-    (lambda r: r["provenance"].update(silc_eval_version="0.0.1"), "silc-eval version 0.0.1 -> "),
+    (lambda r: r["benchmark"].update(task_version=0), "task zeroshot_classification version 0 -> 1"),
+    (lambda r: r.update(schema="silc-eval/result/v1"), "record schema v1 (written before per-task versions"),
+    (lambda r: r["samples"].update(sha256="0" * 64), "per-sample sidecar synthscenes-zeroshot.samples.npz does not match"),
     (lambda r: r["dataset"].update(fingerprint="0123456789abcdef"), "dataset changed (fingerprint)"),
     (lambda r: r["protocol"].update(logit_scale=7.0), "protocol changed (logit_scale: 7.0 -> 100.0)"),
     (lambda r: r["model"].update(sha256="0" * 64), "model weights changed (sha256)"),
@@ -111,9 +113,32 @@ def test_a_changed_input_recomputes_that_record_only(rerun_dir, tiny_model_dir, 
     assert "keeping 1 of 2 records" in err
     assert f"recompute  {tiny_model_dir.name} / synthscenes-zeroshot: {reason}" in err
     fresh = json.loads(changed.read_text())
-    assert fresh["provenance"]["silc_eval_version"] != "0.0.1"
+    assert fresh["benchmark"]["task_version"] == 1 and fresh["schema"] == "silc-eval/result/v2"
     assert fresh["protocol"]["logit_scale"] == 100.0
     assert fresh["benchmark"]["main_metric"] == "acc1"
+
+
+def test_a_new_version_of_one_task_recomputes_its_records_only(rerun_dir, tiny_model_dir, evaluations, monkeypatch,
+                                                               capsys):
+    # the silc-eval version alone no longer invalidates a record; a task's own version does
+    zeroshot = record_file(rerun_dir, tiny_model_dir, "synthscenes-zeroshot")
+    edit_record(zeroshot, lambda r: r["provenance"].update(silc_eval_version="0.0.1"))
+    monkeypatch.setitem(TASKS, "retrieval", replace(TASKS["retrieval"], version=TASKS["retrieval"].version + 1))
+    assert run_cli(rerun_dir, tiny_model_dir) == 0
+    assert evaluations == Counter({"retrieval": 1})
+    err = capsys.readouterr().err
+    assert "keeping 1 of 2 records" in err and "task retrieval version 1 -> 2" in err
+    assert json.loads(zeroshot.read_text())["provenance"]["silc_eval_version"] == "0.0.1"  # kept, not rewritten
+    assert json.loads(record_file(rerun_dir, tiny_model_dir, "synthscenes-retrieval").read_text())[
+        "benchmark"]["task_version"] == 2
+
+
+def test_a_missing_sidecar_recomputes_its_record(rerun_dir, tiny_model_dir, evaluations, capsys):
+    (rerun_dir / "records" / tiny_model_dir.name / "synthscenes-retrieval.samples.npz").unlink()
+    assert run_cli(rerun_dir, tiny_model_dir) == 0
+    assert evaluations == Counter({"retrieval": 1})
+    assert "synthscenes-retrieval: per-sample sidecar synthscenes-retrieval.samples.npz is missing" in \
+        capsys.readouterr().err
 
 
 def test_a_changed_protocol_parameter_recomputes(rerun_dir, tiny_model_dir, evaluations, capsys):
@@ -169,7 +194,9 @@ def test_a_killed_run_resumes_to_the_results_of_an_uninterrupted_one(tmp_path, t
     survivors = sorted((killed / "records").glob("*/*.json"))
     assert survivors, child.stderr.read().decode()[-2000:]
     for path in survivors:  # whatever the kill interrupted, every visible record is whole
-        assert json.loads(path.read_text())["schema"] == "silc-eval/result/v1"
+        record = json.loads(path.read_text())
+        assert record["schema"] == "silc-eval/result/v2"
+        assert (path.parent / record["samples"]["file"]).is_file()  # written before the record that names it
     for path in killed.iterdir():
         if path.suffix == ".csv":
             assert path.read_text().endswith("\n")
@@ -195,7 +222,8 @@ def test_a_changed_dataset_declaration_is_a_changed_input():
     (benchmark,) = resolve_benchmarks(["synthscenes-linear-probe"])
     record = {"model": {"sha256": "a" * 64}, "provenance": {"silc_eval_version": __version__},
               "protocol": as_json(benchmark.protocol()), "dataset": {"declaration": as_json(benchmark.dataset)},
-              "benchmark": {"task": benchmark.task, "group": benchmark.group, "main_metric": benchmark.main_metric}}
+              "benchmark": {"task": benchmark.task, "group": benchmark.group, "main_metric": benchmark.main_metric,
+                            "task_version": TASKS[benchmark.task].version}}
     assert changed_inputs(record, "a" * 64, benchmark) == []
     moved = replace(benchmark, dataset={**benchmark.dataset, "train_root": "elsewhere/train"})
     assert changed_inputs(record, "a" * 64, moved) == ["dataset declaration changed (e.g. its training split)"]

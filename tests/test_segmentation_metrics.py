@@ -7,7 +7,8 @@ import pytest
 import torch
 from mmseg.evaluation import IoUMetric
 
-from silc_eval.machinery.segmentation_metrics import SegmentationMeter, reduce_zero_label
+from silc_eval.data.segmentation import reduce_zero_label
+from silc_eval.machinery.segmentation_metrics import SegmentationMeter
 
 NUM_CLASSES = 6
 

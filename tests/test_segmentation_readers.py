@@ -12,13 +12,13 @@ import torch
 import yaml
 from PIL import Image
 
-from silc_eval.data.build import (build_dataset, dataset_root, expected_paths, synthscenes_parts,
-                                  train_paths)
+from silc_eval.data.formats import FORMATS, build_split, format_of, split_paths
+from silc_eval.evaluate.api import dataset_root, synthscenes_parts
 from silc_eval.data.segmentation import (SegmentationDataset, check_declaration, load_class_file,
                                          segmentation_dataset)
 from silc_eval.core.errors import UserError
 from silc_eval.core.paths import benchmarks_dir
-from silc_eval.registry import BENCHMARK_OPTIONAL, BENCHMARK_REQUIRED, DATASET_FIELDS
+from silc_eval.registry import BENCHMARK_OPTIONAL, BENCHMARK_REQUIRED
 
 SEG_BENCHMARKS = {"voc21": 21, "pc60": 60, "coco-object": 81, "voc20": 20, "pc59": 59, "coco-stuff171": 171,
                   "cityscapes": 19, "ade20k": 150}
@@ -155,14 +155,14 @@ def test_cityscapes_nested_cities_and_suffix_mapping(tmp_path):
 
 def test_build_dataset_and_data_root_checks_for_mmseg(tmp_path):
     dataset = declaration("ade20k")
-    assert expected_paths(dataset) == ["ade/ADEChallengeData2016/images/validation",
+    assert split_paths(dataset) == ["ade/ADEChallengeData2016/images/validation",
                                        "ade/ADEChallengeData2016/annotations/validation"]
     with pytest.raises(UserError, match="ade/ADEChallengeData2016/images/validation"):
         dataset_root(dataset, tmp_path, None)
     base = tmp_path / "ade" / "ADEChallengeData2016"
     write_image(base / "images" / "validation" / "x.jpg", 0)
     write_label(base / "annotations" / "validation" / "x.png", [3])
-    built = build_dataset(dataset, dataset_root(dataset, tmp_path, None), None)
+    built = build_split(dataset, dataset_root(dataset, tmp_path, None), None)
     assert isinstance(built, SegmentationDataset) and len(built) == 1
 
 
@@ -182,9 +182,9 @@ def test_train_split_with_its_own_classes(tmp_path):
     assert len(train) == 2 and train.class_names == ["a", "b", "c"] and train[1][1].max() == 2
     assert train.templates == val.templates and len(val.templates) == 18
     assert train.fingerprint != val.fingerprint
-    assert val.declaration is decl and val.root == tmp_path  # what tasks use to build the training split
-    assert expected_paths(decl) == ["val/img", "val/ann", "val_classes.txt"]
-    assert train_paths(decl) == ["tr/img", "tr/ann", "train_classes.txt"]
+    assert not hasattr(val, "declaration") and not hasattr(val, "root")  # the flow builds splits, not tasks
+    assert split_paths(decl) == ["val/img", "val/ann", "val_classes.txt"]
+    assert split_paths(decl, "train") == ["tr/img", "tr/ann", "train_classes.txt"]
     with pytest.raises(UserError, match="declares no training split.*'train:'"):
         segmentation_dataset({k: v for k, v in decl.items() if k != "train"}, tmp_path, split="train")
     with pytest.raises(UserError, match="unknown key 'image' in dataset.train"):
@@ -319,9 +319,9 @@ def test_bad_class_files(tmp_path):
 def test_declaration_errors_name_the_benchmark_file():
     decl = declaration("voc21")
     with pytest.raises(UserError, match=r"bench\.yaml: missing field 'num_classes'"):
-        check_declaration({k: v for k, v in decl.items() if k != "num_classes"}, "bench.yaml")
+        format_of({k: v for k, v in decl.items() if k != "num_classes"}, "bench.yaml")
     with pytest.raises(UserError, match=r"bench\.yaml: dataset.num_classes must be a positive integer"):
-        check_declaration({**decl, "num_classes": "21"}, "bench.yaml")
+        format_of({**decl, "num_classes": "21"}, "bench.yaml")
 
 
 # ----------------------------------------------------------------------------- shipped class files and YAMLs
@@ -342,7 +342,7 @@ def test_benchmark_yaml_is_well_formed(stem):
     assert set(data["params"]) <= SEG_PARAMS and data["params"]["variant"] == "sclip"
     dataset = data["dataset"]
     check_declaration(dataset, path)
-    assert dataset["format"] == "mmseg" and set(dataset) >= DATASET_FIELDS["mmseg"][0]
+    assert dataset["format"] == "mmseg" and set(dataset) >= FORMATS["mmseg"].required
     assert dataset["num_classes"] == SEG_BENCHMARKS[stem]
     assert dataset.get("reduce_zero_label", False) == (stem in {"ade20k", "pc59", "voc20"})
 

@@ -7,6 +7,7 @@ every patch holds a single class.
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from conftest import TINY_CLASSNAMES, TINY_TEMPLATES
@@ -16,7 +17,8 @@ from silc_eval.tasks import TASKS
 from silc_eval.tasks import linear_segmentation as linear
 from silc_eval.tasks import openvocab_segmentation as openvocab
 from silc_eval.machinery import heads
-from silc_eval.machinery.segmentation_metrics import SegmentationMeter
+from silc_eval.machinery.prompts import class_embeddings
+from silc_eval.registry import parse_benchmark
 
 # Colours of TINY_CLASSNAMES: red square, green circle, blue triangle, yellow star, purple heart, orange moon.
 PALETTE = torch.tensor([[220, 30, 30], [30, 200, 40], [30, 40, 220], [230, 220, 30], [150, 40, 170], [240, 140, 20]])
@@ -71,7 +73,7 @@ def tiny_dataset(count, seed, class_ids=range(6), classes=None):
 
 def tiny_params(module, **overrides):
     """Return module's defaults at the tiny model's size (windows = whole 32x32 images), small and fast."""
-    params = {**module.DEFAULT_PARAMS, "short_side": SIZE, "window": SIZE, "stride": SIZE, "steps": 5,
+    params = {**module.TASK.default_params, "short_side": SIZE, "window": SIZE, "stride": SIZE, "steps": 5,
               "train_batch_size": TRAIN_IMAGES, "batch_size": 16}
     if module is openvocab:
         params.update(hidden_dim=32, unseen_classes=list(UNSEEN))
@@ -79,14 +81,21 @@ def tiny_params(module, **overrides):
     return params
 
 
+TRAIN_SPLIT = {}
+
+
 @pytest.fixture
-def with_train_split(monkeypatch):
-    """Return a function that makes heads.train_split answer with a given training dataset."""
+def with_train_split():
+    """Return a function that sets the training split run_head hands to the task (as the evaluate flow does)."""
+    yield lambda train: TRAIN_SPLIT.__setitem__("train", train)
+    TRAIN_SPLIT.clear()
 
-    def use(train):
-        monkeypatch.setattr(heads, "train_split", lambda dataset: train)
 
-    return use
+def run_head(module, model, evaluation, params, progress=False):
+    """Return the metrics of a trained-head task on {train: the split set by with_train_split, eval: evaluation}."""
+    task = module.TASK
+    return task.evaluate(model, {"train": TRAIN_SPLIT["train"], "eval": evaluation},
+                         task.protocol(params, "test"), progress=progress).metrics
 
 
 @pytest.fixture
@@ -104,10 +113,10 @@ def captured_steps(monkeypatch):
 
 
 def test_tasks_are_registered():
-    assert TASKS["openvocab_segmentation"] is openvocab
-    assert TASKS["linear_segmentation"] is linear
+    assert TASKS["openvocab_segmentation"] is openvocab.TASK
+    assert TASKS["linear_segmentation"] is linear.TASK
     for module in (openvocab, linear):
-        assert module.DATASET_FORMATS == ("mmseg",)
+        assert module.TASK.formats == ("mmseg",) and module.TASK.splits == ("train", "eval")
 
 
 def test_decoder_never_sees_unseen_text_or_pixels(tiny_model, with_train_split, captured_steps):
@@ -118,11 +127,11 @@ def test_decoder_never_sees_unseen_text_or_pixels(tiny_model, with_train_split, 
     all_labels = torch.stack(train.labels)
     assert torch.isin(all_labels, torch.tensor(unseen_ids)).sum() > 0  # the training images do hold unseen pixels
 
-    metrics = openvocab.evaluate(tiny_model, tiny_dataset(4, seed=2), tiny_params(openvocab), progress=False)
+    metrics = run_head(openvocab, tiny_model, tiny_dataset(4, seed=2), tiny_params(openvocab), progress=False)
 
     assert len(captured_steps) == 5
-    seen_text = openvocab.class_text(tiny_model, [[TINY_CLASSNAMES[i]] for i in seen_ids], TINY_TEMPLATES)
-    unseen_text = openvocab.class_text(tiny_model, [[name] for name in UNSEEN], TINY_TEMPLATES)
+    seen_text = class_embeddings(tiny_model, [[TINY_CLASSNAMES[i]] for i in seen_ids], TINY_TEMPLATES)
+    unseen_text = class_embeddings(tiny_model, [[name] for name in UNSEEN], TINY_TEMPLATES)
     # Each step sees every window once (batch = all windows): its label histogram is the whole training set's.
     expected = torch.stack([(all_labels == c).sum() for c in seen_ids])
     for text, labels, names in captured_steps:
@@ -132,7 +141,7 @@ def test_decoder_never_sees_unseen_text_or_pixels(tiny_model, with_train_split, 
         assert torch.equal(torch.bincount(labels[labels != 255].flatten(), minlength=len(seen_ids)), expected)
         assert (labels == 255).sum() == (all_labels == 255).sum() + torch.isin(all_labels,
                                                                                 torch.tensor(unseen_ids)).sum()
-    assert set(openvocab.METRICS) <= set(metrics)
+    assert all(any(m.matches(name) for name in metrics) for m in openvocab.TASK.metrics)
     assert metrics["mIoU_unseen"] is not None and metrics["mIoU_seen"] is not None
 
 
@@ -156,16 +165,16 @@ def test_seen_labels_ignore_unseen_pixels():
     assert openvocab.seen_labels(labels, split).tolist() == [[0, 255, 1], [255, 255, 1]]
 
 
-def hand_made_meter():
-    """Return a 4-class meter with IoU 1/2, 1, 1/3 and NaN (class 3 never labelled nor predicted)."""
-    meter = SegmentationMeter(4)
-    meter.matrix = torch.tensor([[2, 0, 1, 0], [0, 3, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]])
-    return meter
+def hand_made_samples(unseen_ids, names=("c0", "c1", "c2", "c3")):
+    """Return one image's per-class counts with IoU 1/2, 1, 1/3 and NaN (class 3 never labelled nor predicted),
+    from the confusion matrix [[2, 0, 1, 0], [0, 3, 0, 0], [1, 0, 1, 0], [0, 0, 0, 0]] (label x prediction)."""
+    return {"intersect": np.array([[2, 3, 1, 0]]), "union": np.array([[4, 3, 3, 0]]),
+            "pred_label": np.array([[3, 3, 2, 0]]), "label": np.array([[3, 3, 2, 0]]),
+            "class_names": np.array(list(names)), "unseen": np.isin(np.arange(4), unseen_ids)}
 
 
 def test_seen_unseen_and_harmonic_iou():
-    names = ["c0", "c1", "c2", "c3"]
-    metrics = openvocab.seen_unseen_metrics(hand_made_meter(), names, seen_ids=[0, 1], unseen_ids=[2, 3])
+    metrics = openvocab.score(hand_made_samples(unseen_ids=[2, 3]))
     seen, unseen = 0.75, 1 / 3
     assert metrics["mIoU_seen"] == pytest.approx(seen)
     assert metrics["mIoU_unseen"] == pytest.approx(unseen)  # the NaN class is dropped, not counted as 0
@@ -173,18 +182,18 @@ def test_seen_unseen_and_harmonic_iou():
     assert metrics["mIoU"] == pytest.approx((0.5 + 1 + 1 / 3) / 3)
     assert metrics["aAcc"] == pytest.approx(6 / 8)
     assert metrics["IoU.c2"] == pytest.approx(1 / 3) and metrics["IoU.c3"] is None
-    swapped = openvocab.seen_unseen_metrics(hand_made_meter(), names, seen_ids=[2, 3], unseen_ids=[0, 1])
+    swapped = openvocab.score(hand_made_samples(unseen_ids=[0, 1]))
     assert swapped["hIoU"] == pytest.approx(metrics["hIoU"])
-    no_unseen = openvocab.seen_unseen_metrics(hand_made_meter(), names, seen_ids=[0, 1, 2, 3], unseen_ids=[])
+    no_unseen = openvocab.score(hand_made_samples(unseen_ids=[]))
     assert no_unseen["mIoU_unseen"] is None and no_unseen["hIoU"] is None
-    only_absent = openvocab.seen_unseen_metrics(hand_made_meter(), names, seen_ids=[0, 1, 2], unseen_ids=[3])
+    only_absent = openvocab.score(hand_made_samples(unseen_ids=[3]))
     assert only_absent["mIoU_unseen"] is None and only_absent["hIoU"] is None
 
 
 def test_zero_seen_and_unseen_give_zero_harmonic_iou():
-    meter = SegmentationMeter(2)
-    meter.matrix = torch.tensor([[0, 4], [4, 0]])
-    metrics = openvocab.seen_unseen_metrics(meter, ["a", "b"], seen_ids=[0], unseen_ids=[1])
+    samples = {"intersect": np.array([[0, 0]]), "union": np.array([[8, 8]]), "pred_label": np.array([[4, 4]]),
+               "label": np.array([[4, 4]]), "class_names": np.array(["a", "b"]), "unseen": np.array([False, True])}
+    metrics = openvocab.score(samples)
     assert metrics["mIoU_seen"] == 0.0 and metrics["mIoU_unseen"] == 0.0 and metrics["hIoU"] == 0.0
 
 
@@ -204,7 +213,7 @@ def test_cross_dataset_trains_on_training_classes(tiny_model, with_train_split, 
     train_names = ["red square", "green circle", "blue triangle"]
     with_train_split(tiny_dataset(6, seed=3, class_ids=[0, 1, 2], classes=[[n] for n in train_names]))
     evaluation = tiny_dataset(4, seed=4)  # six classes, three of them absent from training
-    metrics = openvocab.evaluate(tiny_model, evaluation, tiny_params(openvocab, unseen_classes=[], steps=2),
+    metrics = run_head(openvocab, tiny_model, evaluation, tiny_params(openvocab, unseen_classes=[], steps=2),
                                  progress=False)
     assert [names for _, _, names in captured_steps] == [train_names, train_names]
     assert metrics["mIoU_seen"] is not None and metrics["hIoU"] is not None
@@ -212,28 +221,33 @@ def test_cross_dataset_trains_on_training_classes(tiny_model, with_train_split, 
 
 @pytest.mark.parametrize("override, message", [
     ({"unseen_classes": ["pink elephant"]}, "not a class of the dataset"),
-    ({"unseen_classes": "yellow star"}, "list of class names"),
+    ({"unseen_classes": "yellow star"}, "parameter unseen_classes .* expected a list of names"),
     ({"unseen_classes": list(TINY_CLASSNAMES)}, "at least one seen class"),
-    ({"decoder": "convnet"}, "unknown decoder"),
+    ({"decoder": "convnet"}, "parameter decoder is 'convnet'; expected one of mlp, transformer"),
     ({"steps": -1}, "steps"),
-    ({"temperature": 0}, "temperature"),
-    ({"variant": "fancy"}, "unknown dense variant"),
+    ({"temperature": 0}, "parameter temperature is 0; expected a number > 0"),
+    ({"variant": "fancy"}, "parameter variant is 'fancy'; expected one of vanilla, maskclip"),
 ])
 def test_bad_openvocab_params(tiny_model, with_train_split, override, message):
     with_train_split(tiny_dataset(2, seed=5))
     with pytest.raises(UserError, match=message):
-        openvocab.evaluate(tiny_model, tiny_dataset(2, seed=6), tiny_params(openvocab, **override), progress=False)
+        run_head(openvocab, tiny_model, tiny_dataset(2, seed=6), tiny_params(openvocab, **override), progress=False)
 
 
-def test_missing_training_split_is_a_user_error(tiny_model):
-    with pytest.raises(UserError, match="train"):
-        linear.evaluate(tiny_model, tiny_dataset(2, seed=7), tiny_params(linear), progress=False)
+@pytest.mark.parametrize("task", ["linear_segmentation", "openvocab_segmentation"])
+def test_missing_training_split_is_a_user_error_when_the_benchmark_is_loaded(tmp_path, task):
+    path = tmp_path / "heads.yaml"
+    path.write_text(f"name: heads\ntask: {task}\ngroup: g\nmain_metric: mIoU\ndataset:\n  name: d\n"
+                    f"  source: data-root\n  format: mmseg\n  images: i\n  annotations: a\n  num_classes: 2\n"
+                    f"  classes: c.txt\n")
+    with pytest.raises(UserError, match=f"heads.yaml: task {task} needs a train split"):
+        parse_benchmark(path)
 
 
 def test_linear_probe_needs_the_same_classes(tiny_model, with_train_split):
     with_train_split(tiny_dataset(2, seed=8, class_ids=[0, 1], classes=[["red square"], ["green circle"]]))
     with pytest.raises(UserError, match="same classes"):
-        linear.evaluate(tiny_model, tiny_dataset(2, seed=9), tiny_params(linear), progress=False)
+        run_head(linear, tiny_model, tiny_dataset(2, seed=9), tiny_params(linear), progress=False)
 
 
 @pytest.fixture
@@ -255,7 +269,7 @@ def test_linear_probe_learns_a_separable_problem(tiny_model, with_train_split, t
     three = [[name] for name in TINY_CLASSNAMES[:3]]
     with_train_split(tiny_dataset(24, seed=10, class_ids=[0, 1, 2], classes=three))
     evaluation = tiny_dataset(8, seed=11, class_ids=[0, 1, 2], classes=three)
-    metrics = linear.evaluate(tiny_model, evaluation, tiny_params(linear, steps=60, lr=0.01, train_batch_size=8),
+    metrics = run_head(linear, tiny_model, evaluation, tiny_params(linear, steps=60, lr=0.01, train_batch_size=8),
                               progress=False)
     losses = trained_heads[0][0]
     assert losses[-1] < 0.5 * losses[0]
@@ -266,7 +280,7 @@ def test_linear_probe_learns_a_separable_problem(tiny_model, with_train_split, t
 def test_heads_are_reproducible_per_seed(tiny_model, with_train_split, trained_heads):
     with_train_split(tiny_dataset(TRAIN_IMAGES, seed=12))
     evaluation = tiny_dataset(4, seed=13)
-    runs = [linear.evaluate(tiny_model, evaluation, tiny_params(linear, seed=seed, train_batch_size=4),
+    runs = [run_head(linear, tiny_model, evaluation, tiny_params(linear, seed=seed, train_batch_size=4),
                             progress=False) for seed in (3, 3, 4)]
     (losses_a, state_a), (losses_b, state_b), (losses_c, state_c) = trained_heads
     assert losses_a == losses_b and runs[0] == runs[1]
@@ -279,7 +293,7 @@ def test_openvocab_decoder_is_reproducible_and_starts_as_zero_shot(tiny_model, w
     with_train_split(tiny_dataset(TRAIN_IMAGES, seed=14))
     evaluation = tiny_dataset(4, seed=15)
     params = tiny_params(openvocab, train_batch_size=4, decoder="transformer")
-    first, second = (openvocab.evaluate(tiny_model, evaluation, params, progress=False) for _ in range(2))
+    first, second = (run_head(openvocab, tiny_model, evaluation, params, progress=False) for _ in range(2))
     assert first == second
     assert all(torch.equal(trained_heads[0][1][k], trained_heads[1][1][k]) for k in trained_heads[0][1])
     decoder = heads.OpenVocabDecoder(32, 16, 2, "transformer")

@@ -40,8 +40,7 @@ def dataset_root(dataset: dict, data_root: Path | None, synthscenes_root: Path |
     if dataset["source"] == "synthscenes":
         from silc_eval.producers.synthscenes import ensure_synthscenes
 
-        parts = sorted({Path(p).parts[1] for p in declared_paths(dataset)})
-        return ensure_synthscenes(synthscenes_root, parts=parts)
+        return ensure_synthscenes(synthscenes_root, parts=synthscenes_parts(dataset))
     if data_root is None:
         raise UserError(f"dataset {dataset['name']} reads real data: pass --data-root DIR with "
                         f"{', '.join(split_paths(dataset))} under it")
@@ -50,6 +49,11 @@ def dataset_root(dataset: dict, data_root: Path | None, synthscenes_root: Path |
         raise UserError(f"dataset {dataset['name']} not found under {data_root}: expected "
                         f"{', '.join(map(str, missing))}")
     return Path(data_root)
+
+
+def synthscenes_parts(dataset: dict) -> list[str]:
+    """Return the SynthScenes parts (synthscenes/<part>/...) a declaration reads, over every split it has."""
+    return sorted({Path(p).parts[1] for p in declared_paths(dataset)})
 
 
 def build_splits(benchmark: Benchmark, root: Path, transform: Callable | None) -> dict[str, object]:
