@@ -154,3 +154,25 @@ def test_check_passes_on_the_zoo_against_its_cards(suite_run, capsys):
     n_scores = sum(len(metrics) for entry in list_zoo() for metrics in reference_scores(entry).values())
     assert f"check passed: {n_scores} scores compared with the zoo cards' reference scores" in out
     assert "0 regressions" in out and "missing: 0 results, 0 references" in out
+
+
+def test_every_record_is_recomputed_exactly_from_its_sidecar(suite_run):
+    # Every task of `all` (classification, probes, retrieval, the three segmentation tasks): the metrics of a
+    # record come back bit for bit from its per-sample sidecar, without a model; and the sidecars stay small.
+    from silc_eval.core.records import read_samples, sidecar_path
+
+    tasks_seen, sidecar_bytes = set(), 0
+    for path in sorted((suite_run / "records").glob("*/*.json")):
+        record = json.loads(path.read_text())
+        samples = read_samples(path, record)
+        recomputed = TASKS[record["benchmark"]["task"]].score(samples, record["protocol"])
+        assert recomputed.keys() == record["metrics"].keys(), path
+        for name, value in record["metrics"].items():
+            again = recomputed[name]
+            assert (value is None and again is None) or (value is not None and math.isnan(value) and math.isnan(again)) \
+                or value == again, (path.name, name, value, again)
+        assert record["metric_directions"][record["benchmark"]["main_metric"]] == "higher"
+        tasks_seen.add(record["benchmark"]["task"])
+        sidecar_bytes += sidecar_path(path).stat().st_size
+    assert tasks_seen == set(TASKS)
+    assert sidecar_bytes < 5 * 1024 * 1024, sidecar_bytes
