@@ -151,9 +151,25 @@ def test_spread_metrics_and_nan(tmp_path, capsys):
                                                  "m,probe,hIoU,nan"])
     code, out, _ = check(capsys, folder, "--reference", reference)
     assert code == 0 and table_rows(out) == [["changed", "m", "probe", "acc1_std", "1.00", "5.00", "+4.00", "0.30"]]
-    assert classify("mIoU", 0.3, math.nan, 0.003) == "regression"
-    assert classify("mIoU", math.nan, math.nan, 0.003) == "ok"
-    assert classify("mIoU", 0.3, 0.3 - 0.003, 0.003) == "ok"
+    assert classify("higher", 0.3, math.nan, 0.003) == "regression"
+    assert classify("higher", math.nan, math.nan, 0.003) == "ok"
+    assert classify("higher", 0.3, 0.3 - 0.003, 0.003) == "ok"
+    assert classify("lower", 0.3, 0.2, 0.003) == "improvement" and classify("lower", 0.3, 0.4, 0.003) == "regression"
+    assert classify("none", 0.3, 0.2, 0.003) == "changed"
+
+
+def test_directions_come_from_the_records(tmp_path, capsys):
+    # a v2 record declares its metrics' directions (from the task contract); check follows them, not names
+    folder = tmp_path / "run"
+    path = write_record(folder, "m", "b", {"acc1": 0.5, "error": 0.2, "spread": 0.1})
+    record = json.loads(path.read_text())
+    record.update(schema="silc-eval/result/v2",
+                  metric_directions={"acc1": "higher", "error": "lower", "spread": "none"})
+    path.write_text(json.dumps(record))
+    reference = write_csv(tmp_path / "ref.csv", ["m,b,acc1,0.5", "m,b,error,0.3", "m,b,spread,0.2"])
+    code, out, _ = check(capsys, folder, "--reference", reference)
+    assert code == 0
+    assert sorted(row[0] + ":" + row[3] for row in table_rows(out)) == ["changed:spread", "improvement:error"]
 
 
 def test_zoo_cards_are_the_default_reference_matched_by_weights(tmp_path, capsys):

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -100,9 +99,6 @@ def init_from_env(device: str) -> str:
     """
     global _ENV
     _ENV = init_distributed(device)
-    if _ENV.distributed and _ENV.is_main:
-        print(f"silc-eval: sharding the run over {_ENV.world_size} processes ({dist.get_backend()}, "
-              f"rank 0 on {_ENV.device}); rank 0 writes the results", file=sys.stderr, flush=True)
     return _ENV.device
 
 
@@ -135,6 +131,11 @@ def rank() -> int:
 def world_size() -> int:
     """Return the number of processes sharing the work (1 when sharding is off)."""
     return _ENV.world_size
+
+
+def backend() -> str:
+    """Return the process group's backend (nccl or gloo), or 'none' when sharding is off."""
+    return dist.get_backend() if active() else "none"
 
 
 def is_main() -> bool:

@@ -99,6 +99,9 @@ def run(config: RunConfig) -> list[dict]:
     model_specs = config.models or default_models()
     for spec in model_specs:
         parse_model_spec(spec)  # fail on a bad name before any data is generated or read
+    if distributed.active():
+        log(f"silc-eval: sharding the run over {distributed.world_size()} processes ({distributed.backend()}, "
+            f"rank 0 on {config.device}); rank 0 writes the results")
     benchmarks = runnable_benchmarks(config.benchmarks, config.data_root)
     with distributed.main_first():  # under torchrun rank 0 generates SynthScenes, the others then find it
         roots = {b.name: dataset_root(b.dataset, config.data_root, config.synthscenes_root) for b in benchmarks}

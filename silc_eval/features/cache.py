@@ -25,7 +25,6 @@ import io
 import json
 import os
 import re
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 
 from silc_eval import __version__
 from silc_eval.core import distributed
+from silc_eval.core.log import note
 from silc_eval.core.io import atomic_write_bytes, atomic_write_json
 from silc_eval.core.paths import cache_dir
 
@@ -123,7 +123,7 @@ def _paths(key: str) -> tuple[Path, Path]:
 
 
 def _log(message: str) -> None:
-    print(f"silc-eval: feature cache: {message}", file=sys.stderr, flush=True)
+    note(f"feature cache: {message}")
 
 
 def _remove(key: str) -> None:

@@ -17,6 +17,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
+from silc_eval.core.labels import IGNORE_INDEX
+
 VERSION = "synthscenes-v3"
 
 OBJECT_CLASSES = ("circle", "square", "triangle", "star", "cross",
@@ -46,7 +48,6 @@ UNSEEN_CLASSES = ("star", "crescent")
 SEEN_CLASSES = tuple(c for c in OBJECT_CLASSES if c not in UNSEEN_CLASSES)
 # Label id of a pixel = index in this tuple; IGNORE_INDEX is reserved and not produced.
 SEGMENTATION_CLASSES = STUFF_CLASSES + OBJECT_CLASSES
-IGNORE_INDEX = 255
 
 SIZE_WORDS = ("small", "medium", "large")
 # Object radius as a fraction of the image's shorter side, per size word.

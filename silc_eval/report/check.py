@@ -2,8 +2,11 @@
 
 Every (model, benchmark, metric) of the records is compared with its reference score. A score
 lower than its reference by more than the tolerance is a regression (exit code 1); higher by more
-than the tolerance, an improvement; metrics named `*_std` (a spread over seeds, no better
-direction) that move beyond the tolerance are `changed`. Neither of those two fails the check.
+than the tolerance, an improvement (reversed for a metric whose record says lower is better);
+metrics without a better direction (a spread over seeds) that move beyond the tolerance are
+`changed`. Neither of those two fails the check. The direction of each metric comes from its
+record (`metric_directions`, declared by the task); records of schema v1 carry none, and there
+metrics named `*_std` count as having no direction.
 References without a result and results without a reference are listed as missing.
 
 Tolerances are absolute, in the records' units (fractions): `0.003` or `0.3pp` is 0.3
@@ -29,7 +32,7 @@ from silc_eval.core.log import warn as warn_stderr
 from silc_eval.report.records import load_result_records
 
 DEFAULT_TOLERANCE = 0.003
-TWO_SIDED_METRICS = ("*_std",)
+V1_UNDIRECTED_METRICS = ("*_std",)  # for schema-v1 records, which carry no metric directions
 STATUS_ORDER = ("regression", "changed", "improvement", "missing result", "missing reference", "ok")
 ALL = "*"
 
@@ -83,6 +86,15 @@ class Score:
     group: str
     metric: str
     value: float
+    direction: str = "higher"
+
+
+def metric_direction(record: dict, metric: str) -> str:
+    """Return the direction of a record's metric: from its metric_directions, else (v1) by name."""
+    declared = record.get("metric_directions")
+    if isinstance(declared, dict) and declared.get(metric) in ("higher", "lower", "none"):
+        return declared[metric]
+    return "none" if any(fnmatchcase(metric, p) for p in V1_UNDIRECTED_METRICS) else "higher"
 
 
 def read_scores(results_dir: Path, strict: bool = False,
@@ -96,7 +108,8 @@ def read_scores(results_dir: Path, strict: bool = False,
         model, benchmark = record["model"], record["benchmark"]
         for metric, value in sorted(record["metrics"].items()):
             scores.append(Score(model["name"], model["sha256"], benchmark["name"], benchmark["task"],
-                                benchmark["group"], metric, math.nan if value is None else float(value)))
+                                benchmark["group"], metric, math.nan if value is None else float(value),
+                                metric_direction(record, metric)))
     return scores
 
 
@@ -116,8 +129,9 @@ class Row:
     note: str = ""
 
 
-def classify(metric: str, reference: float, result: float, tolerance: float) -> str:
-    """Return 'ok', 'regression', 'improvement' or 'changed' for one score against its reference."""
+def classify(direction: str, reference: float, result: float, tolerance: float) -> str:
+    """Return 'ok', 'regression', 'improvement' or 'changed' for one score against its reference, given
+    which direction of the metric is better ('higher', 'lower' or 'none')."""
     if math.isnan(reference) or math.isnan(result):
         if math.isnan(reference) and math.isnan(result):
             return "ok"
@@ -125,9 +139,10 @@ def classify(metric: str, reference: float, result: float, tolerance: float) -> 
     delta = result - reference
     if abs(delta) <= tolerance + 1e-12:
         return "ok"
-    if any(fnmatchcase(metric, p) for p in TWO_SIDED_METRICS):
+    if direction == "none":
         return "changed"
-    return "improvement" if delta > 0 else "regression"
+    better = delta > 0 if direction == "higher" else delta < 0
+    return "improvement" if better else "regression"
 
 
 def reference_models(scores: Sequence[Score],
@@ -202,7 +217,7 @@ def compare(scores: Sequence[Score], references: Sequence[Reference], tolerances
         matched.add((ref.model, ref.benchmark, ref.metric))
         tolerance = tolerances.for_score(score.benchmark, score.task, score.group, score.metric, ref.tolerance)
         shown = ref.model if ref.model == score.model else f"{score.model} (as {ref.model})"
-        rows.append(Row(classify(score.metric, ref.value, score.value, tolerance), shown, score.benchmark,
+        rows.append(Row(classify(score.direction, ref.value, score.value, tolerance), shown, score.benchmark,
                         score.metric, ref.value, score.value, tolerance))
     mapped = [(identity[(s.model, s.model_sha256)][0], s) for s in scores]
     rows += _missing_rows("missing result", (k for k in refs if k not in matched), {m for m, _ in mapped},

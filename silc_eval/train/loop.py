@@ -29,6 +29,7 @@ from silc_eval.core.offline import enforce_offline
 from silc_eval.core.provenance import git_commit, package_versions
 from silc_eval.evaluate.api import build_splits, dataset_root, evaluate_benchmark
 from silc_eval.models import load_model
+from silc_eval.models.loading import local_dir_spec
 from silc_eval.models.open_clip_model import OpenClipModel
 from silc_eval.models.zoo import CARD_FILE, read_card
 from silc_eval.registry import resolve_suite
@@ -201,7 +202,7 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
     barrier(env)
     source, data_info = resolve_training_data(recipe)
     config = prepare_work_folder(recipe, work, env)
-    tokenizer = open_clip.get_tokenizer(f"local-dir:{work}")
+    tokenizer = open_clip.get_tokenizer(local_dir_spec(work))
     image_size = recipe["model"]["vision"]["image_size"]
     objective = build_objective(recipe["objective"], image_size, env.rank, env.world_size)
     student = build_student(recipe, config, objective, env, tokenizer)
@@ -380,7 +381,7 @@ def add_reference_scores(folder: Path, suite: str, device: str, progress: bool) 
     scores in its card; returns the card."""
     card_path = Path(folder) / CARD_FILE
     card = read_card(card_path)
-    model = load_model(f"local-dir:{folder}", device=device)
+    model = load_model(local_dir_spec(folder), device=device)
     scores = {}
     for benchmark in resolve_suite(suite):
         splits = build_splits(benchmark, dataset_root(benchmark.dataset, None, None), model.preprocess)
