@@ -234,3 +234,28 @@ def evaluate_task(task, model, data, params=None, progress=False):
     task = getattr(task, "TASK", task)
     splits = data if isinstance(data, dict) else {"eval": data}
     return task.evaluate(model, splits, task.protocol(params or {}, "test"), progress=progress).metrics
+
+
+def tree_snapshot(*roots: Path) -> set[str]:
+    """Return every path (files and folders, hidden ones included) below roots, as strings."""
+    return {str(p) for root in roots if Path(root).exists() for p in Path(root).rglob("*")}
+
+
+def assert_fails_cleanly(capsys, argv: list[str], expected: str, watch: list[Path] = ()) -> str:
+    """Run the CLI in-process on argv and assert the user's-mistake contract: exit code 2, exactly one stderr
+    line ('silc-eval: error: ...' matching the regex expected), no traceback, and no path created or removed
+    under the watched folders. Returns the line."""
+    import re
+
+    from silc_eval.cli import main
+
+    before = tree_snapshot(*watch)
+    code = main(list(argv))
+    _, err = capsys.readouterr()
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("silc-eval: error: "), err[-3000:]
+    assert re.search(expected, lines[0]), lines[0]
+    assert tree_snapshot(*watch) == before, sorted(tree_snapshot(*watch) ^ before)
+    return lines[0]

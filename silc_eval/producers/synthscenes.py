@@ -39,16 +39,32 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from silc_eval.core.fingerprint import fingerprint_files, fingerprint_tree
-from silc_eval.producers.synthscenes_render import (
-    CLASSIFICATION_TEMPLATES, COLOURS, IGNORE_INDEX, OBJECT_CLASSES, POSITION_WORDS, SEEN_CLASSES,
-    SEGMENTATION_CLASSES, SIZE_WORDS, STUFF_CLASSES, TYPICAL_COLOUR_SHARE, TYPICAL_COLOURS, UNSEEN_CLASSES,
-    VERSION, Scene, SceneObject,
-    caption_tokens, main_class_of, make_captions, render_scene, vocabulary,
-)
 from silc_eval.core.errors import UserError
+from silc_eval.core.fingerprint import fingerprint_files, fingerprint_tree
 from silc_eval.core.io import atomic_directory, atomic_write_json, atomic_write_text
+from silc_eval.core.labels import IGNORE_INDEX
 from silc_eval.core.paths import cache_dir
+from silc_eval.producers.synthscenes_render import (
+    CLASSIFICATION_TEMPLATES,
+    COLOURS,
+    OBJECT_CLASSES,
+    POSITION_WORDS,
+    SEEN_CLASSES,
+    SEGMENTATION_CLASSES,
+    SIZE_WORDS,
+    STUFF_CLASSES,
+    TYPICAL_COLOUR_SHARE,
+    TYPICAL_COLOURS,
+    UNSEEN_CLASSES,
+    VERSION,
+    Scene,
+    SceneObject,
+    caption_tokens,
+    main_class_of,
+    make_captions,
+    render_scene,
+    vocabulary,
+)
 
 __all__ = [
     "CLASSIFICATION_TEMPLATES", "COLOURS", "DATASET_DIR", "EVAL_PARTS", "IGNORE_INDEX", "MANIFEST",

@@ -17,8 +17,6 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from silc_eval.core.labels import IGNORE_INDEX
-
 VERSION = "synthscenes-v3"
 
 OBJECT_CLASSES = ("circle", "square", "triangle", "star", "cross",
@@ -46,7 +44,7 @@ TYPICAL_COLOURS = {"arrow": "white", "circle": "orange", "crescent": "yellow", "
 TYPICAL_COLOUR_SHARE = 0.6
 UNSEEN_CLASSES = ("star", "crescent")
 SEEN_CLASSES = tuple(c for c in OBJECT_CLASSES if c not in UNSEEN_CLASSES)
-# Label id of a pixel = index in this tuple; IGNORE_INDEX is reserved and not produced.
+# Label id of a pixel = index in this tuple; 255 (core/labels.py IGNORE_INDEX) is reserved and not produced.
 SEGMENTATION_CLASSES = STUFF_CLASSES + OBJECT_CLASSES
 
 SIZE_WORDS = ("small", "medium", "large")
