@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from silc_eval import __version__
-from silc_eval.core.errors import UserError
+from silc_eval.core.errors import UserError, unwrap_worker_error
 
 EXIT_USER_ERROR = 2
 
@@ -108,9 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args) -> int:
     from silc_eval.core import distributed
+    from silc_eval.evaluate.runner import RunConfig, run
     from silc_eval.features.cache import switched_off
     from silc_eval.registry import resolve_benchmarks, resolve_suite
-    from silc_eval.evaluate.runner import RunConfig, run
 
     benchmarks = resolve_benchmarks(args.benchmark) if args.benchmark else resolve_suite(args.suite or "all")
     distributed.check_device(args.device)
@@ -150,14 +150,16 @@ def cmd_report(args) -> int:
 
 def cmd_list(args) -> int:
     if args.what == "benchmarks":
+        from silc_eval.core.log import warn
         from silc_eval.registry import load_benchmarks
 
-        for b in load_benchmarks().values():
+        for b in load_benchmarks(on_error=lambda exc: warn(f"{exc} (left out)")).values():
             print(f"{b.name:<32s} {b.task:<26s} {b.dataset['source']:<12s} {b.main_metric}")
     elif args.what == "suites":
+        from silc_eval.core.log import warn
         from silc_eval.registry import load_suites
 
-        for s in load_suites().values():
+        for s in load_suites(on_error=lambda exc: warn(f"{exc} (left out)")).values():
             print(f"{s.name:<16s} {', '.join(s.benchmarks)}")
     elif args.what == "models":
         from silc_eval.models.zoo import list_zoo
@@ -177,9 +179,12 @@ def cmd_list(args) -> int:
 
 
 def cmd_data(args) -> int:
+    from silc_eval.core.io import check_writable_folder
+
     if args.data_command == "prepare":  # the only prepare target so far: coco-object
         from silc_eval.producers.coco_object import SUFFIX, prepare_coco_object
 
+        check_writable_folder(args.out, "--out")
         count = prepare_coco_object(args.coco, args.out, split=args.split, progress=sys.stderr.isatty())
         print(f"wrote {count} COCO-Object label maps (*{SUFFIX}) to {args.out}")
         return 0
@@ -189,6 +194,7 @@ def cmd_data(args) -> int:
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
         raise UserError(f"unknown SynthScenes part '{unknown[0]}'; expected some of {', '.join(PARTS)}")
+    check_writable_folder(args.out, "--out")
     config = SynthScenesConfig(seed=args.seed, **({"n_train": args.n_train} if args.n_train else {}))
     out = write_synthscenes(args.out, config=config, parts=parts, workers=args.workers or default_workers())
     print(f"wrote SynthScenes ({', '.join(parts)}) to {out / 'synthscenes'}")
@@ -223,7 +229,17 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UserError as exc:
-        print(f"silc-eval: error: {exc}", file=sys.stderr)
+        print(f"silc-eval: error: {unwrap_worker_error(exc) or exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except RuntimeError as exc:  # a UserError from a DataLoader worker that torch could not rebuild as one
+        original = unwrap_worker_error(exc)
+        if original is None:
+            raise
+        print(f"silc-eval: error: {original}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # last resort: the filesystem failed where no caller named the path (see core/io.py)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"silc-eval: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("silc-eval: interrupted", file=sys.stderr)

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
-
+from silc_eval.core.contract import Task
 from silc_eval.core.errors import UserError
 from silc_eval.core.paths import benchmarks_dir
 from silc_eval.core.schema import check_keys, load_yaml_mapping
 from silc_eval.data.formats import format_of
-from silc_eval.core.contract import Task
 from silc_eval.tasks import TASKS
 
 BENCHMARK_REQUIRED = {"name", "task", "dataset", "main_metric", "group"}
@@ -102,42 +101,86 @@ def parse_suite(path: Path) -> Suite:
                  file=path)
 
 
-def load_benchmarks(root: Path | None = None) -> dict[str, Benchmark]:
-    """Return every benchmark under root/definitions, by name, in name order."""
+def benchmark_files(root: Path | None = None) -> dict[str, Path]:
+    """Return {name: file} of every benchmark definition under root/definitions, in name order, unparsed
+    (a benchmark's name is its file's stem; the file is read only when the benchmark is asked for)."""
     root = Path(root) if root else benchmarks_dir()
-    return {b.name: b for b in (parse_benchmark(p) for p in sorted((root / "definitions").glob("*.yaml")))}
+    return {p.stem: p for p in sorted((root / "definitions").glob("*.yaml"))}
 
 
-def load_suites(root: Path | None = None, benchmarks: dict[str, Benchmark] | None = None) -> dict[str, Suite]:
-    """Return every suite under root/suites, by name; each suite's benchmarks must exist.
+def suite_files(root: Path | None = None) -> dict[str, Path]:
+    """Return {name: file} of every suite under root/suites, in name order, unparsed."""
+    root = Path(root) if root else benchmarks_dir()
+    return {p.stem: p for p in sorted((root / "suites").glob("*.yaml"))}
 
-    benchmarks, when given, are the already-loaded definitions (saves reading them again).
+
+def load_benchmarks(root: Path | None = None,
+                    on_error: Callable[[UserError], None] | None = None) -> dict[str, Benchmark]:
+    """Return every benchmark under root/definitions, by name, in name order.
+
+    A malformed file is a UserError naming it; with on_error, it is handed to on_error and left out.
     """
-    root = Path(root) if root else benchmarks_dir()
-    benchmarks = benchmarks if benchmarks is not None else load_benchmarks(root)
+    benchmarks = {}
+    for name, path in benchmark_files(root).items():
+        try:
+            benchmarks[name] = parse_benchmark(path)
+        except UserError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
+    return benchmarks
+
+
+def check_suite(path: Path, benchmark_names: Iterable[str]) -> Suite:
+    """Return the Suite declared in path after checking that every benchmark it names is defined."""
+    suite = parse_suite(path)
+    names = list(benchmark_names)
+    unknown = [name for name in suite.benchmarks if name not in names]
+    if unknown:
+        raise UserError(f"{path}: unknown benchmark '{unknown[0]}'; expected one of {', '.join(names)}")
+    return suite
+
+
+def load_suites(root: Path | None = None, benchmarks: Iterable[str] | None = None,
+                on_error: Callable[[UserError], None] | None = None) -> dict[str, Suite]:
+    """Return every suite under root/suites, by name; each suite's benchmarks must be defined.
+
+    benchmarks, when given, are the defined benchmark names (default: the files under root/definitions,
+    which are not parsed here). A malformed suite is a UserError naming it; with on_error, it is handed
+    to on_error and left out.
+    """
+    names = list(benchmarks) if benchmarks is not None else list(benchmark_files(root))
     suites = {}
-    for path in sorted((root / "suites").glob("*.yaml")):
-        suite = parse_suite(path)
-        unknown = [name for name in suite.benchmarks if name not in benchmarks]
-        if unknown:
-            raise UserError(f"{path}: unknown benchmark '{unknown[0]}'; expected one of {', '.join(benchmarks)}")
-        suites[suite.name] = suite
+    for name, path in suite_files(root).items():
+        try:
+            suites[name] = check_suite(path, names)
+        except UserError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
     return suites
 
 
 def resolve_suite(name: str, root: Path | None = None) -> list[Benchmark]:
-    """Return the benchmarks of suite name, in the suite's order; an unknown name lists the valid ones."""
-    benchmarks = load_benchmarks(root)
-    suites = load_suites(root, benchmarks)
+    """Return the benchmarks of suite name, in the suite's order; an unknown name lists the valid ones.
+
+    Only this suite's file and its benchmarks' files are parsed: a malformed file elsewhere does not stop it.
+    """
+    suites = suite_files(root)
     if name not in suites:
         raise UserError(f"unknown suite '{name}'; expected one of {', '.join(suites)}")
-    return [replace(benchmarks[b], suite=name) for b in suites[name].benchmarks]
+    files = benchmark_files(root)
+    suite = check_suite(suites[name], files)
+    return [replace(parse_benchmark(files[b]), suite=name) for b in suite.benchmarks]
 
 
 def resolve_benchmarks(names: list[str], root: Path | None = None) -> list[Benchmark]:
-    """Return the named benchmarks in the given order; an unknown name lists the valid ones."""
-    benchmarks = load_benchmarks(root)
+    """Return the named benchmarks in the given order; an unknown name lists the valid ones.
+
+    Only the named benchmarks' files are parsed: a malformed file elsewhere does not stop them.
+    """
+    files = benchmark_files(root)
     for name in names:
-        if name not in benchmarks:
-            raise UserError(f"unknown benchmark '{name}'; expected one of {', '.join(benchmarks)}")
-    return [benchmarks[n] for n in names]
+        if name not in files:
+            raise UserError(f"unknown benchmark '{name}'; expected one of {', '.join(files)}")
+    return [parse_benchmark(files[n]) for n in names]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from silc_eval.report.check import Tolerances, classify, parse_tolerances
 from silc_eval.cli import main
 from silc_eval.models.zoo import list_zoo, reference_scores
+from silc_eval.report.check import Tolerances, classify, parse_tolerances
 from silc_eval.report.published import load_published
 
 SHA = "ab" * 32

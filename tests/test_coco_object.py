@@ -11,11 +11,11 @@ import yaml
 from PIL import Image
 
 from silc_eval.cli import main
-from silc_eval.producers import coco_object
-from silc_eval.producers.coco_object import category_labels, manifest_path, prepare_coco_object
-from silc_eval.data.segmentation import segmentation_dataset
 from silc_eval.core.errors import UserError
 from silc_eval.core.paths import benchmarks_dir
+from silc_eval.data.segmentation import segmentation_dataset
+from silc_eval.producers import coco_object
+from silc_eval.producers.coco_object import category_labels, manifest_path, prepare_coco_object
 
 # The 80 COCO thing category ids: 1..90 without these ten.
 COCO_GAPS = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from silc_eval.data.formats import build_split, missing_paths, split_paths
 from silc_eval.core.errors import UserError
+from silc_eval.data.formats import build_split, missing_paths, split_paths
 from silc_eval.registry import load_benchmarks, parse_benchmark
 
 

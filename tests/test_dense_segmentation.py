@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from silc_eval.core.errors import UserError
+from silc_eval.machinery.dense_segmentation import class_probabilities, predict_classes
+from silc_eval.machinery.windows import short_side_size, slide_logits, window_boxes
 from silc_eval.models.dense import VARIANTS, check_variant, dense_features, neighbourhood_bias, patch_tokens
 from silc_eval.models.vit import forward_any_size
-from silc_eval.machinery.windows import short_side_size, slide_logits, window_boxes
-from silc_eval.machinery.dense_segmentation import class_probabilities, predict_classes
 
 
 @pytest.fixture(scope="module")

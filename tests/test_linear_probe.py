@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from silc_eval.features import cache as feature_cache
-from silc_eval.data.formats import build_split
-from silc_eval.core.errors import UserError
-from silc_eval.tasks import TASKS, linear_probe
 from conftest import evaluate_task
+from silc_eval.core.errors import UserError
+from silc_eval.data.formats import build_split
+from silc_eval.features import cache as feature_cache
 from silc_eval.machinery import probes as pt
+from silc_eval.tasks import TASKS, linear_probe
 
 
 def gaussian_features(num_classes: int, per_class: int, dim: int, seed: int, spread: float = 1.0):

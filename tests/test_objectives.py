@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from silc_eval.core.errors import UserError
 from silc_eval.train.distill import ViewDistillationLoss
 from silc_eval.train.ema import EmaTeacher
-from silc_eval.train.model_config import create_model, open_clip_config
 from silc_eval.train.factory import build_objective
+from silc_eval.train.model_config import create_model, open_clip_config
 from silc_eval.train.objectives import StudentModule
 from silc_eval.train.pairs import Batch
 from silc_eval.train.sfclip import feature_loss, random_mask

@@ -101,6 +101,43 @@ def test_csv_errors_name_the_file_and_column(tmp_path):
         csv_source(tmp_path / "bad.csv")
 
 
+def test_unreadable_files_are_counted_once_however_many_epochs_meet_them(tmp_path):
+    samples = [(f"{i:04d}", png_bytes(i), f"caption {i}") for i in range(6)]
+    samples[1] = ("0001", b"broken", "broken image")
+    samples[4] = ("0004", png_bytes(4), None)
+    write_shard(tmp_path / "a.tar", samples)
+    write_shard(tmp_path / "b.tar", [("0001", b"also broken", "same key, another shard")])
+    source = PairSource("webdataset", shards=list_shards(tmp_path))
+    stats = ReadStats()
+    for epoch in range(3):
+        list(iterate_batches(source, TRANSFORM, tokenizer, global_batch=2, seed=0, epoch=epoch, shuffle_buffer=1,
+                             stats=stats))
+    assert stats.skipped == 3  # a.tar/0001, a.tar/0004, b.tar/0001: distinct files, not 9 failed reads
+    assert stats.read == 3 * 4
+    assert sorted(stats.keys) == ["a.tar/0001", "a.tar/0004", "b.tar/0001"] and len(stats.examples) == 3
+
+
+def test_a_csv_none_of_whose_images_exists_says_so(tmp_path):
+    (tmp_path / "pairs.csv").write_text("filepath,caption\n" + "".join(f"img/{i}.png,c {i}\n" for i in range(4)))
+    with pytest.raises(UserError, match=r"none of the 4 images of .*pairs\.csv exists \(e\.g\. .*img/0\.png\)"):
+        csv_source(tmp_path / "pairs.csv")
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "3.png").write_bytes(png_bytes(3))  # one that exists is enough: the rest is skipped later
+    assert csv_source(tmp_path / "pairs.csv").size == 4
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", "is empty"),
+    ("filepath,caption\n", "has no rows"),
+    ('filepath,caption\n"img/0.png,a\n', "is not a readable CSV"),
+])
+def test_a_malformed_csv_is_one_line_naming_it(tmp_path, text, expected):
+    (tmp_path / "pairs.csv").write_text(text)
+    with pytest.raises(UserError, match=expected) as caught:
+        csv_source(tmp_path / "pairs.csv")
+    assert "pairs.csv" in str(caught.value) and "\n" not in str(caught.value)
+
+
 def test_batch_size_must_divide_among_ranks(tmp_path):
     write_shard(tmp_path / "a.tar", [("0", png_bytes(0), "c")])
     with pytest.raises(UserError, match="not divisible"):

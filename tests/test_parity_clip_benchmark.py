@@ -19,7 +19,6 @@ import torch
 from torch.utils.data import DataLoader
 
 from conftest import evaluate_task
-
 from silc_eval.data.readers import retrieval_collate
 from silc_eval.machinery.prompts import ensemble_prompts
 from silc_eval.models.zoo import list_zoo

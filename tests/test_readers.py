@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from silc_eval.data.formats import build_split
-from silc_eval.evaluate.api import dataset_root
-from silc_eval.data.readers import ImageFolderClassification, KarpathyRetrieval
 from silc_eval.core.errors import UserError
+from silc_eval.data.formats import build_split
+from silc_eval.data.readers import ImageFolderClassification, KarpathyRetrieval
+from silc_eval.evaluate.api import dataset_root
 from silc_eval.registry import load_benchmarks
 
 
@@ -37,6 +37,17 @@ def test_imagefolder_class_count_mismatch_is_user_error(tmp_path):
     write_png(tmp_path / "val" / "b" / "0.png", 1)
     with pytest.raises(UserError, match="3 class names were given but .* has 2 class folders"):
         ImageFolderClassification(tmp_path / "val", ["x", "y", "z"])
+
+
+def test_imagefolder_empty_class_folders_are_named(tmp_path):
+    write_png(tmp_path / "val" / "a" / "0.png", 0)
+    for folder in ("b", "c"):
+        (tmp_path / "val" / folder).mkdir()
+    (tmp_path / "val" / "c" / "notes.txt").write_text("not an image")
+    with pytest.raises(UserError, match=r"2 of 3 class folders hold no images: .*val/b, .*val/c; expected at least "
+                                        r"one image") as info:
+        ImageFolderClassification(tmp_path / "val", ["x", "y", "z"])
+    assert "\n" not in str(info.value)
 
 
 def test_karpathy_groups_captions_and_filters_split(tmp_path):

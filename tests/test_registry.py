@@ -82,3 +82,36 @@ def test_unknown_names_list_the_valid_ones():
         resolve_suite("nonexistent")
     with pytest.raises(UserError, match="expected one of .*synthscenes-zeroshot"):
         resolve_benchmarks(["nonexistent"])
+
+
+def test_a_malformed_benchmark_fails_only_what_needs_it(tmp_path):
+    suites = {"s": {"name": "s", "benchmarks": ["toy"]}, "b": {"name": "b", "benchmarks": ["toy", "broken"]}}
+    root = write_tree(tmp_path, {"toy": GOOD_BENCHMARK}, suites)
+    (root / "definitions" / "broken.yaml").write_text("name: broken\ntask: [zeroshot_classification\n")
+    assert [b.name for b in resolve_suite("s", root)] == ["toy"]
+    assert [b.name for b in resolve_benchmarks(["toy"], root)] == ["toy"]
+    assert set(load_suites(root)) == {"s", "b"}  # suites are checked against the defined names, not parsed files
+    for call in (lambda: resolve_suite("b", root), lambda: resolve_benchmarks(["broken"], root),
+                 lambda: load_benchmarks(root)):
+        with pytest.raises(UserError, match=r"broken\.yaml: not valid YAML"):
+            call()
+    left_out = []
+    assert list(load_benchmarks(root, on_error=left_out.append)) == ["toy"]
+    assert len(left_out) == 1 and "broken.yaml" in str(left_out[0])
+
+
+def test_list_names_a_malformed_file_in_one_warning_and_lists_the_rest(tmp_path, monkeypatch, capsys):
+    from silc_eval.cli import main
+
+    suites = {"s": {"name": "s", "benchmarks": ["toy"]}, "odd": {"name": "odd", "benchmarks": ["toy"], "x": 1}}
+    root = write_tree(tmp_path, {"toy": GOOD_BENCHMARK}, suites)
+    (root / "definitions" / "broken.yaml").write_text("name: broken\ntask: [zeroshot_classification\n")
+    monkeypatch.setenv("SILC_EVAL_BENCHMARKS", str(root))
+    assert main(["list", "benchmarks"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == ["toy"]
+    assert len(err.splitlines()) == 1 and err.startswith("silc-eval: warning: ") and "broken.yaml" in err
+    assert main(["list", "suites"]) == 0
+    out, err = capsys.readouterr()
+    assert [line.split()[0] for line in out.splitlines()] == ["s"]
+    assert len(err.splitlines()) == 1 and "odd.yaml" in err and "unknown key 'x'" in err

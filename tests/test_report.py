@@ -15,10 +15,9 @@ import yaml
 
 from silc_eval.cli import main
 from silc_eval.core.errors import UserError
+from silc_eval.evaluate.records import RECORD_SCHEMA
 from silc_eval.registry import load_benchmarks
 from silc_eval.report.published import load_published
-from silc_eval.report.write import write_reports
-from silc_eval.evaluate.records import RECORD_SCHEMA
 
 # name -> (group, task, main metric); names chosen so that name order differs from group order
 BENCHMARKS = {

@@ -15,8 +15,8 @@ import pytest
 
 from conftest import build_tiny_model_dir
 from silc_eval.cli import main
-from silc_eval.registry import resolve_benchmarks
 from silc_eval.evaluate.runner import RunConfig, run
+from silc_eval.registry import resolve_benchmarks
 from silc_eval.tasks import TASKS
 
 FAST = ["synthscenes-zeroshot", "synthscenes-retrieval"]

@@ -12,12 +12,11 @@ import torch
 import yaml
 from PIL import Image
 
-from silc_eval.data.formats import FORMATS, build_split, format_of, split_paths
-from silc_eval.evaluate.api import dataset_root, synthscenes_parts
-from silc_eval.data.segmentation import (SegmentationDataset, check_declaration, load_class_file,
-                                         segmentation_dataset)
 from silc_eval.core.errors import UserError
 from silc_eval.core.paths import benchmarks_dir
+from silc_eval.data.formats import FORMATS, build_split, format_of, split_paths
+from silc_eval.data.segmentation import SegmentationDataset, check_declaration, load_class_file, segmentation_dataset
+from silc_eval.evaluate.api import dataset_root, synthscenes_parts
 from silc_eval.registry import BENCHMARK_OPTIONAL, BENCHMARK_REQUIRED
 
 SEG_BENCHMARKS = {"voc21": 21, "pc60": 60, "coco-object": 81, "voc20": 20, "pc59": 59, "coco-stuff171": 171,

@@ -5,9 +5,9 @@ import pytest
 import torch
 import yaml
 
+from silc_eval.train.factory import build_objective
 from silc_eval.train.loop import train
 from silc_eval.train.model_config import create_model, open_clip_config
-from silc_eval.train.factory import build_objective
 from silc_eval.train.objectives import StudentModule
 from silc_eval.train.pairs import Batch
 from silc_eval.train.recipe import load_recipe

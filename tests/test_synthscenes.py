@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from silc_eval.core.errors import UserError
+from silc_eval.core.fingerprint import file_sha256
 from silc_eval.producers import synthscenes as ss
 from silc_eval.producers.synthscenes_render import stuff_texture
-from silc_eval.core.fingerprint import file_sha256
-from silc_eval.core.errors import UserError
 
 SMALL = ss.SynthScenesConfig(seed=3, n_cls_val_per_class=3, n_cls_train_per_class=2, n_retrieval=20,
                              n_seg_train=6, n_seg_val=4, n_train=50, shard_size=20)

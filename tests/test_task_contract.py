@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 import yaml
-from conftest import evaluate_task
 
+from conftest import evaluate_task
 from silc_eval.cli import main
 from silc_eval.core.contract import DIRECTIONS, SPLITS, Metric
 from silc_eval.core.errors import UserError

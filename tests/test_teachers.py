@@ -10,12 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from silc_eval.core.fingerprint import file_sha256
 from silc_eval.core.errors import UserError
-from silc_eval.train.tokenizer import SPECIALS
+from silc_eval.core.fingerprint import file_sha256
 from silc_eval.train.teachers import (
-    TextTeacher, VisionTeacher, inherit_token_embedding, load_text_teacher, load_vision_teacher, parse_timm_spec,
+    TextTeacher,
+    VisionTeacher,
+    inherit_token_embedding,
+    load_text_teacher,
+    load_vision_teacher,
+    parse_timm_spec,
 )
+from silc_eval.train.tokenizer import SPECIALS
 
 MULTI_PIECE_WORD = "hexagon"  # MiniLM's WordPiece splits it into he ##xa ##gon
 TIMM_ARGS = {"img_size": 32, "patch_size": 8, "depth": 2}

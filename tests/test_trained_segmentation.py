@@ -10,15 +10,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_CLASSNAMES, TINY_TEMPLATES
 
+from conftest import TINY_CLASSNAMES, TINY_TEMPLATES
 from silc_eval.core.errors import UserError
-from silc_eval.tasks import TASKS
-from silc_eval.tasks import linear_segmentation as linear
-from silc_eval.tasks import openvocab_segmentation as openvocab
 from silc_eval.machinery import heads
 from silc_eval.machinery.prompts import class_embeddings
 from silc_eval.registry import parse_benchmark
+from silc_eval.tasks import TASKS
+from silc_eval.tasks import linear_segmentation as linear
+from silc_eval.tasks import openvocab_segmentation as openvocab
 
 # Colours of TINY_CLASSNAMES: red square, green circle, blue triangle, yellow star, purple heart, orange moon.
 PALETTE = torch.tensor([[220, 30, 30], [30, 200, 40], [30, 40, 220], [230, 220, 30], [150, 40, 170], [240, 140, 20]])

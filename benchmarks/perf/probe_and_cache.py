@@ -49,8 +49,8 @@ def child(argv: list[str]) -> None:
 
     torch.nn.modules.module.register_module_forward_pre_hook(pre)
     torch.nn.modules.module.register_module_forward_hook(post)
-    from silc_eval.features import cache as feature_cache
     from silc_eval.cli import main
+    from silc_eval.features import cache as feature_cache
 
     started = time.perf_counter()
     code = main(argv)

@@ -32,8 +32,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from silc_eval.machinery import dense_segmentation as ds  # noqa: E402
 from silc_eval.machinery.prompts import query_embeddings  # noqa: E402
-from silc_eval.machinery.windows import normalization_tensors, prepare_image, window_boxes  # noqa: E402
 from silc_eval.machinery.segmentation_metrics import SegmentationMeter  # noqa: E402
+from silc_eval.machinery.windows import normalization_tensors, prepare_image, window_boxes  # noqa: E402
 from silc_eval.models.open_clip_model import OpenClipModel  # noqa: E402
 
 

@@ -153,8 +153,8 @@ class LoopStep:
 
     def __init__(self, recipe: dict, model_section: dict, config: dict, tokenizer, env, source: SourceBatch,
                  use_amp: bool):
-        from silc_eval.train.loop import build_student, count_steps, param_groups
         from silc_eval.train.factory import build_objective
+        from silc_eval.train.loop import build_student, count_steps, param_groups
         from silc_eval.train.pairs import Batch
 
         self.recipe = {**recipe, "model": model_section}

@@ -44,18 +44,21 @@ def integer(default: int | None, minimum: int | None = None, nullable: bool = Fa
 
 
 def number(default: float | None, minimum: float | None = None, maximum: float | None = None,
-           above: float | None = None, nullable: bool = False, doc: str = "") -> Param:
-    """Return a number Param: >= minimum, <= maximum, > above (each when given); null allowed when nullable."""
+           above: float | None = None, nullable: bool = False, doc: str = "", finite: bool = False) -> Param:
+    """Return a number Param: >= minimum, <= maximum, > above (each when given); null allowed when nullable;
+    infinity refused when finite."""
     bounds = [f">= {minimum}" if minimum is not None else "", f"<= {maximum}" if maximum is not None else "",
               f"> {above}" if above is not None else ""]
-    expected = " and ".join(["a number"] + [b for b in bounds if b]).replace("number and", "number") + \
+    noun = "a finite number" if finite else "a number"
+    expected = " and ".join([noun] + [b for b in bounds if b]).replace("number and", "number") + \
         (" or null" if nullable else "")
 
     def check(value: Any) -> bool:
         if nullable and value is None:
             return True
-        return _is_number(value) and (minimum is None or value >= minimum) and \
-            (maximum is None or value <= maximum) and (above is None or value > above)
+        return _is_number(value) and (not finite or math.isfinite(value)) and \
+            (minimum is None or value >= minimum) and (maximum is None or value <= maximum) and \
+            (above is None or value > above)
 
     return Param(default, check, expected, doc)
 
@@ -89,6 +92,19 @@ def str_list(default: list[str], doc: str = "") -> Param:
                  "a list of names", doc)
 
 
+def string(default: str | None, pattern: str | None = None, nullable: bool = False, doc: str = "",
+           expected: str | None = None) -> Param:
+    """Return a Param holding a non-empty string (matching the regular expression pattern in full, when given)."""
+    import re
+
+    def check(value: Any) -> bool:
+        if nullable and value is None:
+            return True
+        return isinstance(value, str) and bool(value.strip()) and (pattern is None or re.fullmatch(pattern, value))
+
+    return Param(default, check, (expected or "a non-empty string") + (" or null" if nullable else ""), doc)
+
+
 def custom(default: Any, check: Callable[[Any], bool], expected: str, doc: str = "") -> Param:
     """Return a Param with its own check."""
     return Param(default, check, expected, doc)
@@ -99,17 +115,18 @@ def defaults(spec: Mapping[str, Param]) -> dict[str, Any]:
     return {name: param.default for name, param in spec.items()}
 
 
-def validate_params(spec: Mapping[str, Param], params: Mapping[str, Any], where: str) -> dict[str, Any]:
+def validate_params(spec: Mapping[str, Param], params: Mapping[str, Any], where: str,
+                    prefix: str = "") -> dict[str, Any]:
     """Return the defaults of spec overlaid with params, after checking every name and value.
 
-    An unknown name, or a value its Param rejects, is a UserError naming where, the parameter,
-    the value and what was expected.
+    An unknown name, or a value its Param rejects, is a UserError naming where, the parameter
+    (after prefix, e.g. 'optim.'), the value and what was expected.
     """
-    unknown = sorted(set(params) - set(spec))
+    unknown = sorted(set(params) - set(spec), key=str)
     if unknown:
-        raise UserError(f"{where}: unknown parameter '{unknown[0]}'; allowed: {', '.join(sorted(spec))}")
+        raise UserError(f"{where}: unknown parameter '{prefix}{unknown[0]}'; allowed: {', '.join(sorted(spec))}")
     merged = {**defaults(spec), **params}
     for name, param in spec.items():
         if not param.valid(merged[name]):
-            raise UserError(f"{where}: parameter {name} is {merged[name]!r}; expected {param.expected}")
+            raise UserError(f"{where}: parameter {prefix}{name} is {merged[name]!r}; expected {param.expected}")
     return merged

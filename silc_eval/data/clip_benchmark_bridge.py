@@ -19,9 +19,9 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 
+from silc_eval.core.errors import UserError
 from silc_eval.core.fingerprint import fingerprint_tree
 from silc_eval.data.readers import CaptionRetrieval
-from silc_eval.core.errors import UserError
 
 # clip-benchmark dataset name -> {split: paths the builder reads, relative to its dataset_root}.
 # "*" holds for every split; "{split}" is replaced by the split name. An empty tuple: the root itself.

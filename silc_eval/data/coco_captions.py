@@ -7,8 +7,8 @@ import io
 from pathlib import Path
 from typing import Callable
 
-from silc_eval.data.readers import CaptionRetrieval
 from silc_eval.core.errors import UserError
+from silc_eval.data.readers import CaptionRetrieval
 
 
 def load_coco(annotation_file: Path):

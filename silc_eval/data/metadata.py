@@ -6,8 +6,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from silc_eval.data.readers import read_lines
 from silc_eval.core.errors import UserError
+from silc_eval.data.readers import read_lines
 
 PACKAGED_PREFIX = "clip_benchmark:"
 

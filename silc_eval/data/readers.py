@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
-from silc_eval.core.fingerprint import fingerprint_files
 from silc_eval.core.errors import UserError
+from silc_eval.core.fingerprint import fingerprint_files
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -61,12 +61,21 @@ class ImageFolderClassification(Dataset):
                             f"folders; expected one name per folder, in sorted folder order")
         self.templates = list(templates) if templates else ["a photo of a {c}."]
         self.samples: list[tuple[Path, int]] = []
+        empty = []
         for index, folder in enumerate(folders):
             files = sorted(p for p in (self.root / folder).iterdir()
                            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
             self.samples.extend((p, index) for p in files)
+            if not files:
+                empty.append(folder)
         if not self.samples:
             raise UserError(f"no images under {self.root}/<class>/ (looked for {sorted(IMAGE_SUFFIXES)})")
+        if empty:
+            shown = ", ".join(str(self.root / f) for f in empty[:3]) + (f" and {len(empty) - 3} more"
+                                                                        if len(empty) > 3 else "")
+            raise UserError(f"{len(empty)} of {len(folders)} class folders hold no images: {shown}; expected at "
+                            f"least one image ({', '.join(sorted(IMAGE_SUFFIXES))}) per class folder (a "
+                            f"half-extracted archive?)")
         self.folders = folders
         self.targets = [label for _, label in self.samples]
         self.transform = transform

@@ -22,13 +22,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from silc_eval.core.errors import UserError
 from silc_eval.core.fingerprint import fingerprint_files
+from silc_eval.core.labels import IGNORE_INDEX
+from silc_eval.core.paths import benchmarks_dir
+from silc_eval.core.schema import check_keys
 from silc_eval.data.metadata import is_packaged, load_names
 from silc_eval.data.readers import load_rgb
-from silc_eval.core.errors import UserError
-from silc_eval.core.labels import IGNORE_INDEX
-from silc_eval.core.schema import check_keys
-from silc_eval.core.paths import benchmarks_dir
 
 BENCHMARKS_PREFIX = "benchmarks:"
 DEFAULT_TEMPLATES = "clip_benchmark:imagenet1k"

@@ -21,9 +21,9 @@ from typing import Callable
 from PIL import Image
 from torch.utils.data import Dataset
 
+from silc_eval.core.errors import UserError
 from silc_eval.core.fingerprint import fingerprint_files
 from silc_eval.data.readers import read_lines
-from silc_eval.core.errors import UserError
 
 IMAGE_EXTENSIONS = ("webp", "png", "jpg", "jpeg")  # clip-benchmark's preference order
 KEY_PATTERN = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset: key = path up to the first dot of the name

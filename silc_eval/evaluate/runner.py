@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-
 from silc_eval.core import distributed
 from silc_eval.core.errors import UserError
+from silc_eval.core.io import check_writable_folder
 from silc_eval.core.log import log
 from silc_eval.data.formats import declared_paths, missing_paths
 from silc_eval.evaluate.api import build_splits, dataset_root, evaluate_benchmark
@@ -96,6 +96,7 @@ def run(config: RunConfig) -> list[dict]:
     """Evaluate every model on every benchmark, write one record (and its sidecar) each and the reports;
     returns the records."""
     distributed.check_device(config.device)
+    check_writable_folder(config.output, "--output")  # before any work: not a file, not read-only
     model_specs = config.models or default_models()
     for spec in model_specs:
         parse_model_spec(spec)  # fail on a bad name before any data is generated or read

@@ -1,5 +1,11 @@
 """Image and text features of a model: computed in batches (sharded under torchrun) and cached on disk."""
 
-from silc_eval.features.encode import autocast_context, compute_image_features, encode_images, encode_texts
+from silc_eval.features.encode import (
+                                      OrderedLoader,
+                                      autocast_context,
+                                      compute_image_features,
+                                      encode_images,
+                                      encode_texts,
+)
 
-__all__ = ["autocast_context", "compute_image_features", "encode_images", "encode_texts"]
+__all__ = ["OrderedLoader", "autocast_context", "compute_image_features", "encode_images", "encode_texts"]

@@ -35,8 +35,8 @@ import torch
 
 from silc_eval import __version__
 from silc_eval.core import distributed
-from silc_eval.core.log import note
 from silc_eval.core.io import atomic_write_bytes, atomic_write_json
+from silc_eval.core.log import note
 from silc_eval.core.paths import cache_dir
 
 ENV_SWITCH = "SILC_EVAL_FEATURE_CACHE"

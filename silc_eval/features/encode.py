@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from silc_eval.core import distributed
+from silc_eval.core.errors import worker_errors_unwrapped
 from silc_eval.features import cache as feature_cache
 
 
@@ -24,6 +25,24 @@ class _ImagesOnly(Dataset):
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.dataset[index][0]
+
+
+class OrderedLoader:
+    """A DataLoader over a dataset, in order, whose UserErrors raised in worker processes (an unreadable
+    image with num_workers > 0) surface as their original one-line UserError, not as torch's re-raise
+    carrying the worker's traceback in its message (core/errors.py unwrap_worker_error)."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, num_workers: int = 0, pin_memory: bool = False,
+                 collate_fn: Callable | None = None):
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                 pin_memory=pin_memory, collate_fn=collate_fn)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        with worker_errors_unwrapped():
+            yield from self.loader
 
 
 def autocast_context(device: str | torch.device, amp: bool):
@@ -42,8 +61,8 @@ def compute_image_features(model, dataset: Dataset, batch_size: int = 256, num_w
     every rank gets all N rows back in dataset order.
     """
     shard = distributed.shard_dataset(_ImagesOnly(dataset), batch_size)
-    loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=model.device.type == "cuda")
+    loader = OrderedLoader(shard, batch_size=batch_size, num_workers=num_workers,
+                           pin_memory=model.device.type == "cuda")
     chunks = []
     with torch.inference_mode(), autocast_context(model.device, amp):
         for images in tqdm(loader, desc=f"encode {desc}", disable=not progress, leave=False):

@@ -16,11 +16,10 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from silc_eval.core import distributed
-from silc_eval.features import autocast_context
+from silc_eval.features import OrderedLoader, autocast_context
 from silc_eval.machinery.segmentation_metrics import SegmentationMeter
 from silc_eval.machinery.windows import normalization_tensors, prepare_image, slide_logits
 
@@ -94,10 +93,14 @@ def segment(model, images: Sequence[torch.Tensor], text: torch.Tensor, query_cla
     return [postprocess(logits) for logits in slide_images(model, images, window_fn, params)]
 
 
-def image_batches(dataset, batch_size: int, num_workers: int) -> DataLoader:
-    """Return a loader yielding lists of (image, label, index) of a SegmentationDataset, in order."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=lambda items: items)
+def _as_list(items: list) -> list:
+    return items
+
+
+def image_batches(dataset, batch_size: int, num_workers: int) -> OrderedLoader:
+    """Return a loader yielding lists of (image, label, index) of a SegmentationDataset, in order; an unreadable
+    image in a worker process is its reader's one-line UserError."""
+    return OrderedLoader(dataset, batch_size, num_workers, collate_fn=_as_list)
 
 
 def slid_meter(model, dataset, window_fn: WindowFn, postprocess, params: dict, progress: bool = True,

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
-from silc_eval.core.fingerprint import file_sha256
 from silc_eval.core.errors import UserError
-from silc_eval.models.open_clip_model import OpenClipModel
-from silc_eval.models.zoo import get_zoo_entry, list_zoo
+from silc_eval.core.fingerprint import file_sha256
 from silc_eval.core.offline import enforce_offline
 from silc_eval.core.quiet import quiet_root_logger
+from silc_eval.models.open_clip_model import OpenClipModel
+from silc_eval.models.zoo import get_zoo_entry, list_zoo
 
 LOCAL_DIR_PREFIX = "local-dir:"
 WEIGHT_FILE_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors",
@@ -91,7 +93,8 @@ def load_open_clip(spec: str | ModelSpec, device: str = "cpu", with_tokenizer: b
     The one place where open_clip models are created from files: zoo folders and local-dirs
     through open_clip's `local-dir:` loader, ARCH:CHECKPOINT through the architecture and the
     weights file. with_tokenizer=False skips the tokenizer (vision-only users). A file open_clip
-    cannot read is a one-line UserError: 'checkpoint WEIGHTS could not be loaded as ARCH: ...'.
+    cannot read is a one-line UserError: 'checkpoint WEIGHTS could not be loaded as ARCH: ...'; a state
+    dict with a non-finite or non-float tensor is one too (check_weights, before open_clip casts it).
     """
     enforce_offline()
     parsed = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
@@ -107,15 +110,104 @@ def load_open_clip(spec: str | ModelSpec, device: str = "cpu", with_tokenizer: b
         weights = parsed.path
         model_name, pretrained, tokenizer_name = parsed.architecture, str(weights), parsed.architecture
         architecture = parsed.architecture
+    check_weights(weights, architecture)
     try:
         with quiet_root_logger():
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
                                                                          device=device)
             tokenizer = open_clip.get_tokenizer(tokenizer_name) if with_tokenizer else None
     except Exception as exc:  # open_clip raises RuntimeError/ValueError/SafetensorError/... on bad files
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise UserError(f"checkpoint {weights} could not be loaded as {architecture}: {first_line}") from None
+        raise UserError(f"checkpoint {weights} could not be loaded as {architecture}: {load_failure(exc)}") from None
     return OpenClipParts(model.eval(), preprocess, tokenizer, weights, architecture)
+
+
+# Buffers that legitimately hold integers in open_clip / timm / Hugging Face state dicts.
+INTEGER_BUFFERS = ("num_batches_tracked", "position_ids", "token_type_ids")
+
+
+def check_weights(weights: Path, architecture: str) -> None:
+    """Raise a one-line UserError unless the weights file reads as open_clip reads it (open_clip.factory.
+    load_state_dict: safetensors or torch.load with weights_only=True) into a state dict whose every entry is
+    a tensor, floating (but for integer buffers such as num_batches_tracked) and finite.
+
+    Checked before open_clip copies the tensors into the model, where int32 weights would be cast to float
+    in silence and NaN weights would score at chance. big_vision .npz/.npy files are left to open_clip.
+    """
+    if weights.suffix in (".npz", ".npy"):
+        return
+    from open_clip.factory import load_state_dict
+
+    try:
+        with quiet_root_logger(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. torch's note that a TorchScript archive goes to torch.jit.load
+            state_dict = load_state_dict(str(weights), device="cpu", weights_only=True)
+    except StopIteration:  # open_clip looks at the first entry
+        state_dict = {}
+    except Exception as exc:
+        raise UserError(f"checkpoint {weights} could not be loaded as {architecture}: {load_failure(exc)}") from None
+    problem = state_dict_problem(state_dict)
+    if problem:
+        raise UserError(f"checkpoint {weights}: {problem}; expected finite float weights") from None
+
+
+def state_dict_problem(state_dict: Any) -> str | None:
+    """Return what is wrong with a loaded state dict, about its first bad entry (None when nothing is)."""
+    import torch
+
+    if not isinstance(state_dict, dict):
+        return f"holds a {type(state_dict).__name__}, not a state dict of tensors"
+    if not state_dict:
+        return "holds no tensors"
+    for key, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            return f"entry {key} is a {type(value).__name__}, not a tensor"
+        if not value.is_floating_point():
+            if str(key).endswith(INTEGER_BUFFERS):
+                continue
+            return f"tensor {key} is {str(value.dtype).replace('torch.', '')}"
+        if value.numel() and not bool(torch.isfinite(value).all()):
+            kind = "NaN" if bool(torch.isnan(value).any()) else "an infinite value"
+            return f"tensor {key} holds {kind}"
+    return None
+
+
+def load_failure(exc: BaseException) -> str:
+    """Return one line saying why open_clip/torch/safetensors could not load a checkpoint.
+
+    A state-dict mismatch names its first missing and unexpected key and its first size mismatch (torch's
+    message starts with a bare 'Error(s) in loading state_dict for CLIP:'); a file that is not weights-only
+    names what it pickles, without torch's advice to load it with weights_only=False.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    if text.startswith("Error(s) in loading state_dict"):
+        parts = []
+        for line in text.splitlines()[1:]:
+            line = line.strip().rstrip(".").strip()
+            keys = re.findall(r'"([^"]+)"', line)
+            if line.startswith(("Missing key(s)", "Unexpected key(s)")) and keys:
+                kind = "missing" if line.startswith("Missing") else "unexpected"
+                more = f" (and {len(keys) - 1} more)" if len(keys) > 1 else ""
+                parts.append(f"{kind} key {keys[0]}{more}")
+            elif line.startswith("size mismatch for") and not any(p.startswith("size mismatch") for p in parts):
+                shapes = re.match(r"size mismatch for (\S+): copying a param with shape torch\.Size\((\[.*?\])\) "
+                                  r"from checkpoint, the shape in current model is torch\.Size\((\[.*?\])\)", line)
+                parts.append(f"size mismatch for {shapes.group(1)}: {shapes.group(2)} in the checkpoint, "
+                             f"{shapes.group(3)} in the model" if shapes else line)
+        if parts:
+            return "; ".join(parts)[:400]
+    if "TorchScript archives" in text:
+        return ("it is a TorchScript archive (the format of OpenAI's original .pt files), not a state dict; expected "
+                "tensors only, e.g. saved with torch.save(model.state_dict(), ...) or safetensors")
+    if "Weights only load failed" in text:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = f"a {found.group(1)} object" if found else "Python objects"
+        return (f"it is not a plain state dict (it pickles {what}); expected tensors only, e.g. saved with "
+                f"torch.save(model.state_dict(), ...) or safetensors")
+    first_line = (text.splitlines() or [""])[0].strip()
+    first_line = first_line.split(". This is an internal")[0]  # torch's zip reader appends generic advice
+    if not first_line or isinstance(exc, KeyError):  # torch.load of a file that is no checkpoint: KeyError('101')
+        return f"not a PyTorch or safetensors checkpoint ({type(exc).__name__}: {first_line})"[:300]
+    return first_line[:300]
 
 
 def load_model(spec: str, device: str = "cpu") -> OpenClipModel:

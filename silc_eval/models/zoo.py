@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from silc_eval.core.schema import load_yaml_mapping
 from silc_eval.core.paths import zoo_dir
+from silc_eval.core.schema import load_yaml_mapping
 
 CARD_FILE = "card.yaml"
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from silc_eval.core.fingerprint import file_sha256
 from silc_eval.core.errors import UserError
+from silc_eval.core.fingerprint import file_sha256
 from silc_eval.core.io import atomic_write_bytes, atomic_write_json
 
 SUFFIX = "_instanceTrainIds.png"

@@ -15,10 +15,10 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from silc_eval.core.errors import UserError
+from silc_eval.core.log import warn as warn_stderr
 from silc_eval.report.compute import COMPUTE_COLUMNS, compute_by_model
 from silc_eval.report.order import order_benchmarks, order_groups
 from silc_eval.report.published import PublishedEntry, published_main_scores
-from silc_eval.core.log import warn as warn_stderr
 from silc_eval.report.tables import MEAN_COLUMN, leaderboard_table
 
 OWN_SOURCE = "silc-eval"

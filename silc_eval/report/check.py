@@ -27,9 +27,15 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from silc_eval.core.errors import UserError
-from silc_eval.report.references import Reference, parse_fraction, published_references, read_reference_file, zoo_references
 from silc_eval.core.log import warn as warn_stderr
 from silc_eval.report.records import load_result_records
+from silc_eval.report.references import (
+    Reference,
+    parse_fraction,
+    published_references,
+    read_reference_file,
+    zoo_references,
+)
 
 DEFAULT_TOLERANCE = 0.003
 V1_UNDIRECTED_METRICS = ("*_std",)  # for schema-v1 records, which carry no metric directions

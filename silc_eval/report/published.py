@@ -124,9 +124,9 @@ def load_published(path: Path | None = None, defined_benchmarks: Iterable[str] |
                         f"model_zoo/published.yaml")
     data = load_yaml(path)
     if defined_benchmarks is None:
-        from silc_eval.registry import load_benchmarks
+        from silc_eval.registry import benchmark_files
 
-        defined_benchmarks = load_benchmarks()
+        defined_benchmarks = benchmark_files()  # names only: a malformed definition is not this file's concern
     return parse_published(data, path, defined_benchmarks)
 
 

@@ -12,10 +12,10 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from silc_eval.core.errors import UserError
+from silc_eval.core.errors import UserError, WriteError
 from silc_eval.core.io import atomic_write_text
-from silc_eval.report.build import Report, build_report
 from silc_eval.core.log import warn as warn_stderr
+from silc_eval.report.build import Report, build_report
 from silc_eval.report.records import load_result_records
 from silc_eval.report.tables import MEAN_COLUMN, results_table
 
@@ -80,7 +80,11 @@ def write_reports(output: Path, model_order: Sequence[str] | None = None,
         for key, table in csv_tables(report).items():
             put(key, table.to_csv(float_format="%.4f"))
         if baseline is None:
-            (output / FILES["deltas_csv"]).unlink(missing_ok=True)
+            stale = output / FILES["deltas_csv"]
+            try:
+                stale.unlink(missing_ok=True)
+            except OSError as exc:
+                raise WriteError(stale, exc) from None
     if "md" in formats:
         from silc_eval.report.markdown import render_markdown
 

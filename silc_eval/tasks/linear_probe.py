@@ -21,12 +21,12 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from silc_eval.core.contract import Metric, Outcome, Task
 from silc_eval.core.errors import UserError
 from silc_eval.core.log import note
 from silc_eval.core.params import boolean, choice, custom, int_list, integer, number
 from silc_eval.features import encode_images
 from silc_eval.machinery import probes as pt
-from silc_eval.core.contract import Metric, Outcome, Task
 
 PROTOCOLS = ("logistic", "ridge")
 DEFAULT_SHOTS = {"logistic": ["full", 1, 2, 5, 10, 25], "ridge": [1, 5, 10, 25]}

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
+from silc_eval.core.contract import Outcome, Task
 from silc_eval.core.errors import UserError
 from silc_eval.machinery import heads
 from silc_eval.machinery.segmentation_metrics import SEGMENTATION_METRICS, counts_samples, segmentation_score
-from silc_eval.core.contract import Outcome, Task
 
 NAME = "linear_segmentation"
 

@@ -30,8 +30,12 @@ from silc_eval.core.labels import IGNORE_INDEX
 from silc_eval.core.params import choice, integer, number, str_list
 from silc_eval.machinery import heads
 from silc_eval.machinery.prompts import class_embeddings
-from silc_eval.machinery.segmentation_metrics import (SEGMENTATION_METRICS, counts_samples, per_class_metrics,
-                                                      scores_from_counts)
+from silc_eval.machinery.segmentation_metrics import (
+    SEGMENTATION_METRICS,
+    counts_samples,
+    per_class_metrics,
+    scores_from_counts,
+)
 from silc_eval.models.dense import VARIANTS
 
 NAME = "openvocab_segmentation"

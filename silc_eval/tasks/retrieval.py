@@ -16,9 +16,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from silc_eval.core.contract import Metric, Outcome, Task
 from silc_eval.core.params import boolean, int_list, integer
 from silc_eval.features import encode_images, encode_texts
-from silc_eval.core.contract import Metric, Outcome, Task
 
 
 def topk_hits(scores: torch.Tensor, positives: torch.Tensor, ks: Sequence[int],

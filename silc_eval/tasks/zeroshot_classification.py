@@ -14,10 +14,10 @@ from typing import Mapping
 import numpy as np
 import torch
 
+from silc_eval.core.contract import Metric, Outcome, Task
 from silc_eval.core.params import boolean, integer, number
 from silc_eval.features import encode_images
 from silc_eval.machinery.prompts import ensemble_prompts
-from silc_eval.core.contract import Metric, Outcome, Task
 
 TOP_K = 5
 

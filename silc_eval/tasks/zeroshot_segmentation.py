@@ -11,12 +11,12 @@ Per-sample outcomes: per image and class the intersection, union, predicted and 
 
 from __future__ import annotations
 
+from silc_eval.core.contract import Outcome, Task
 from silc_eval.core.params import boolean, choice, integer, number
 from silc_eval.machinery.dense_segmentation import slid_meter, text_window_fn, zeroshot_postprocess
 from silc_eval.machinery.prompts import query_embeddings
 from silc_eval.machinery.segmentation_metrics import SEGMENTATION_METRICS, counts_samples, segmentation_score
 from silc_eval.models.dense import VARIANTS
-from silc_eval.core.contract import Outcome, Task
 
 
 def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:

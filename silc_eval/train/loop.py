@@ -5,6 +5,16 @@ the run lives in a hidden work folder beside the output (`.NAME.training/`: toke
 config, `train_state/last.pt`); a rerun with the same recipe resumes from it and gives
 the same model as an uninterrupted run. The output folder appears, atomically, only when
 training has finished.
+
+A user's mistake is found before anything is written (the recipe is checked when it is
+loaded, the saved state and the data here); a run that fails leaves no work folder it
+created, unless the folder holds a checkpoint to resume from. Every step checks the loss
+and the gradients before the optimiser step and the weights after it, so every checkpoint
+and every exported model is finite, and a periodic checkpoint becomes the one to resume
+from (`last.pt`) only after the next step has shown its weights give a finite loss and
+finite gradients. A diverged run stops with one line that says how to resume from its last
+good checkpoint with a lower learning rate (optim.lr and optim.warmup_steps may change on
+resume; the card records the change).
 """
 
 from __future__ import annotations
@@ -35,11 +45,21 @@ from silc_eval.models.zoo import CARD_FILE, read_card
 from silc_eval.registry import resolve_suite
 from silc_eval.train.augment import MultiViewTransform
 from silc_eval.train.factory import build_objective
-from silc_eval.train.model_config import (CONFIG_FILE, WEIGHTS_FILE, create_model, open_clip_config,
-                                          save_local_dir)
+from silc_eval.train.model_config import CONFIG_FILE, WEIGHTS_FILE, create_model, open_clip_config, save_local_dir
 from silc_eval.train.objectives import StudentModule
 from silc_eval.train.pairs import PairSource, ReadStats, csv_source, iterate_batches, list_shards
-from silc_eval.train.state import load_state, recipe_hash, save_state
+from silc_eval.train.state import (
+    PENDING_FILE,
+    STATE_FILE,
+    discard_pending,
+    first_nonfinite,
+    legacy_recipe_hash,
+    load_state,
+    promote_pending,
+    recipe_hash,
+    save_state,
+    write_error,
+)
 from silc_eval.train.tokenizer import save_word_tokenizer
 
 SYNTH_MEAN = (0.5, 0.5, 0.5)
@@ -76,6 +96,43 @@ def resolve_training_data(recipe: dict[str, Any]) -> tuple[PairSource, dict[str,
     raise UserError(f"unknown data.source '{data['source']}'; expected synthscenes, webdataset or csv")
 
 
+def on_main(env: DistEnv, fn):
+    """Run fn on rank 0 only; every rank raises if it failed there with a UserError; returns fn's result (None on
+    the other ranks)."""
+    result, error = None, None
+    if env.is_main:
+        try:
+            result = fn()
+        except UserError as exc:
+            error = exc
+    if not all_ranks_true(env, error is None):
+        raise error or UserError("rank 0 failed (its message says why)")
+    return result
+
+
+def check_output(output: Path) -> None:
+    """Refuse an output that is a file, or a folder of something else than an earlier checkpoint (which a finished
+    run replaces)."""
+    if output.exists() and not output.is_dir():
+        raise UserError(f"output {output} is a file; expected a folder to write the checkpoint into")
+    if output.is_dir() and any(output.iterdir()) and not (output / CARD_FILE).is_file() \
+            and not (output / CONFIG_FILE).is_file():
+        raise UserError(f"output {output} is a folder that holds no checkpoint, and a finished run would replace it; "
+                        f"choose another --output")
+
+
+def named_tensors(tree: Any, prefix: str = ""):
+    """Yield (dotted name, tensor) for every tensor of nested dicts/lists (state dicts)."""
+    if isinstance(tree, torch.Tensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from named_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(tree, (list, tuple)):
+        for index, value in enumerate(tree):
+            yield from named_tensors(value, f"{prefix}.{index}" if prefix else str(index))
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Return AdamW groups: decay on matrices, none on gains, biases, embeddings, logit scale/bias, prototypes."""
     decay, no_decay = [], []
@@ -99,7 +156,10 @@ def cosine_lr(step: int, total: int, base_lr: float, warmup: int) -> float:
 def count_steps(recipe: dict[str, Any], n_samples: int | None) -> int:
     """Return the number of optimiser steps: optim.steps, else epochs x full batches per epoch."""
     optim = recipe["optim"]
-    if optim["steps"]:
+    if n_samples and n_samples < optim["batch_size"]:
+        raise UserError(f"the training data holds {n_samples} pairs, fewer than one batch of {optim['batch_size']}; "
+                        f"lower optim.batch_size (--batch-size) or add data")
+    if optim["steps"] is not None:
         return int(optim["steps"])
     if not n_samples:
         raise UserError("the dataset size is unknown for webdataset shards: set optim.steps (or --steps)")
@@ -110,12 +170,16 @@ def prepare_work_folder(recipe: dict[str, Any], work: Path, env: DistEnv) -> dic
     """Write tokenizer and config into the work folder (rank 0) and return the open_clip config."""
     from silc_eval.producers.synthscenes import vocabulary
 
-    if env.is_main:
-        work.mkdir(parents=True, exist_ok=True)
-        vocab_size = save_word_tokenizer(vocabulary(), work)
-        config = open_clip_config(recipe["model"], vocab_size, SYNTH_MEAN, SYNTH_STD)
-        atomic_write_text(work / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
-    barrier(env)
+    def write() -> None:
+        try:
+            work.mkdir(parents=True, exist_ok=True)
+            vocab_size = save_word_tokenizer(vocabulary(), work)
+            config = open_clip_config(recipe["model"], vocab_size, SYNTH_MEAN, SYNTH_STD)
+            atomic_write_text(work / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise write_error(Path(exc.filename or work), exc) from None
+
+    on_main(env, write)
     return json.loads((work / CONFIG_FILE).read_text())
 
 
@@ -185,22 +249,45 @@ def train(recipe: dict[str, Any], output: Path, device: str = "cpu", evaluate: b
     """
     enforce_offline()
     env = init_distributed(device)
+    output = Path(output)
+    work = work_folder(output)
+    fresh = {"work": not work.exists()}  # set when this run creates the work folder (or discards it: --restart)
     try:
-        return _train(recipe, Path(output), env, evaluate, progress, restart, keep_state, stop_after_steps, amp)
+        return _train(recipe, output, env, evaluate, progress, restart, keep_state, stop_after_steps, amp, fresh)
+    except BaseException:
+        # A failed run leaves no work folder it created, unless the folder holds a checkpoint to resume from.
+        if env.is_main and fresh["work"] and work.exists() and not (work / "train_state" / STATE_FILE).exists():
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     finally:
         shutdown_env(env)
 
 
-def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep_state, stop_after_steps, amp):
+def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep_state, stop_after_steps, amp,
+           fresh: dict[str, bool]):
     import open_clip
 
     optim = recipe["optim"]
     work = work_folder(output)
     state_dir = work / "train_state"
-    if restart and env.is_main and work.exists():
-        shutil.rmtree(work)
-    barrier(env)
+    check_output(output)
+    fingerprint = recipe_hash(recipe)
+    saved = None if restart else load_state(state_dir)  # weights_only: a crafted file runs no code
+    if saved is not None:
+        if saved["recipe_hash"] not in (fingerprint, legacy_recipe_hash(recipe)):
+            raise UserError(f"{work} holds a run of a different recipe (only optim.lr and optim.warmup_steps may "
+                            f"change on resume); rerun with --restart to discard it")
+        bad = first_nonfinite(named_tensors(saved["student"]))
+        if bad is not None:
+            raise UserError(f"{state_dir / STATE_FILE} holds non-finite weights ({bad}); "
+                            f"rerun with --restart to discard it")
     source, data_info = resolve_training_data(recipe)
+    total_steps = count_steps(recipe, data_info.get("n_train") or source.size)
+    if restart and work.exists():
+        if env.is_main:
+            shutil.rmtree(work)
+        fresh["work"] = True
+    barrier(env)
     config = prepare_work_folder(recipe, work, env)
     tokenizer = open_clip.get_tokenizer(local_dir_spec(work))
     image_size = recipe["model"]["vision"]["image_size"]
@@ -214,37 +301,68 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
         from torch.nn.parallel import DistributedDataParallel
 
         ddp = DistributedDataParallel(student, device_ids=[env.local_rank] if env.device.startswith("cuda") else None)
-    total_steps = count_steps(recipe, data_info.get("n_train") or source.size)
     transform = MultiViewTransform(objective.views, SYNTH_MEAN, SYNTH_STD)
     evaluator = Evaluator(recipe["eval_suite"], tokenizer, image_size) \
         if env.is_main and optim["eval_every"] and recipe["eval_suite"] else None
-    fingerprint = recipe_hash(recipe)
 
+    schedule = {"lr": optim["lr"], "warmup_steps": optim["warmup_steps"]}
     run = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "images_seen": 0, "elapsed_s": 0.0, "flops_per_step": None,
-           "eval_history": [], "loss_history": [], "read": 0, "skipped": 0, "skipped_examples": []}
-    saved = load_state(state_dir)
+           "eval_history": [], "loss_history": [], "read": 0, "skipped": 0, "skipped_examples": [],
+           "skipped_keys": [], "schedule": schedule, "schedule_changes": []}
+    last_good = None  # the step of last.pt, the checkpoint to resume from
+    pending = None  # the step of next.pt, a checkpoint whose weights the next step has yet to prove
     if saved is not None:
-        if saved["recipe_hash"] != fingerprint:
-            raise UserError(f"{work} holds a run of a different recipe; rerun with --restart to discard it")
         student.load_state_dict(saved["student"])
         optimizer.load_state_dict(saved["optimizer"])
         objective.load_state_dict(saved["objective"])
         run.update(saved["run"])
+        last_good = run["step"]
+        if run["schedule"] != schedule:
+            run["schedule_changes"] = [*run["schedule_changes"], {"step": run["step"], "from": run["schedule"],
+                                                                   "to": schedule}]
+            run["schedule"] = schedule
         if env.is_main:
-            log(f"resuming {recipe['name']} from step {run['step']} ({state_dir / 'last.pt'})")
+            changed = f" with lr {schedule['lr']:g}, warmup {schedule['warmup_steps']}" \
+                if run["schedule_changes"] and run["schedule_changes"][-1]["step"] == run["step"] else ""
+            log(f"resuming {recipe['name']} from step {run['step']}{changed} ({state_dir / STATE_FILE})")
+    del saved
 
-    def checkpoint() -> None:
+    def checkpoint(proven: bool) -> None:
+        """Write the state: as last.pt when proven (a stop), else as next.pt until the next step proves it."""
+        nonlocal last_good, pending
+        on_main(env, lambda: save_state(state_dir, {
+            "recipe_hash": fingerprint, "student": student.state_dict(), "optimizer": optimizer.state_dict(),
+            "objective": objective.state_dict(), "run": dict(run)}, STATE_FILE if proven else PENDING_FILE))
+        if proven:
+            last_good, pending = run["step"], None
+        else:
+            pending = run["step"]
+
+    def promote() -> None:
+        nonlocal last_good, pending
+        if pending is not None:
+            on_main(env, lambda: promote_pending(state_dir))
+            last_good, pending = pending, None
+
+    def diverged(step: int, what: str) -> UserError:
         if env.is_main:
-            save_state(state_dir, {"recipe_hash": fingerprint, "student": student.state_dict(),
-                                   "optimizer": optimizer.state_dict(), "objective": objective.state_dict(),
-                                   "run": dict(run)})
-        barrier(env)
+            discard_pending(state_dir)
+        where = recipe.get("file", "the recipe")
+        if last_good is not None:
+            kept = f"the last good checkpoint (step {last_good}) is kept in {state_dir}"
+            then = "resumes from it"
+        else:
+            kept = "no checkpoint was written yet"
+            then = "starts again"
+        return UserError(f"training diverged at step {step + 1}/{total_steps}: {what}; {kept}; lower optim.lr "
+                         f"(now {optim['lr']:g}) or raise optim.warmup_steps (now {optim['warmup_steps']}) in "
+                         f"{where} and rerun the same command, which {then}")
 
-    stats = ReadStats(run["read"], run["skipped"], list(run["skipped_examples"]))
+    stats = ReadStats(run["read"], list(run["skipped_examples"]), set(run["skipped_keys"]))
     window_loss, window_start, window_steps = 0.0, time.perf_counter(), 0
     segment_start = time.perf_counter()
     while run["step"] < total_steps:
-        produced = 0
+        produced, read_before = 0, stats.read
         batches = iterate_batches(source, transform, tokenizer, optim["batch_size"], recipe["seed"], run["epoch"],
                                   env.rank, env.world_size, run["batch_in_epoch"], recipe["data"]["shuffle_buffer"],
                                   stats)
@@ -276,11 +394,18 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
             else:
                 losses, finite = one_step()
             if not finite:
-                kept = f"last good checkpoint kept in {state_dir}" if (state_dir / "last.pt").exists() \
-                    else "no checkpoint was written yet"
-                raise UserError(f"training diverged at step {step}: loss is {losses['loss'].item()}; {kept}; "
-                                f"lower optim.lr or raise optim.warmup_steps")
+                raise diverged(step, f"the loss is {losses['loss'].item()}")
+            # A finite loss can still have non-finite gradients, and one step on them makes every weight NaN.
+            bad = first_nonfinite((name, p.grad) for name, p in student.named_parameters())
+            if not all_ranks_true(env, bad is None):
+                raise diverged(step, f"the gradient of {bad or 'a parameter on another process'} is not finite "
+                                     f"(loss {losses['loss'].item():.4g})")
+            promote()  # the weights of the pending checkpoint gave a finite loss and finite gradients
             apply_update(student, optimizer, objective, optim["grad_clip"])
+            # Nothing that is not finite is ever checkpointed or exported.
+            bad = first_nonfinite([*student.state_dict().items(), *named_tensors(objective.state_dict(), "objective")])
+            if not all_ranks_true(env, bad is None):
+                raise diverged(step, f"{bad or 'a weight on another process'} is not finite after the update")
             run["step"] += 1
             run["batch_in_epoch"] += 1
             run["images_seen"] += optim["batch_size"]
@@ -306,27 +431,35 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
                 barrier(env)  # the other ranks wait for rank 0's evaluation
             run["elapsed_s"] += time.perf_counter() - segment_start
             segment_start = time.perf_counter()
-            run.update(read=stats.read, skipped=stats.skipped, skipped_examples=list(stats.examples))
+            run.update(read=stats.read, skipped=stats.skipped, skipped_examples=list(stats.examples),
+                       skipped_keys=sorted(stats.keys))
             stopping = stop_after_steps is not None and run["step"] >= stop_after_steps and not done
             if (optim["checkpoint_every"] and run["step"] % optim["checkpoint_every"] == 0) or stopping:
-                checkpoint()
+                checkpoint(proven=stopping)
             if stopping:
                 return None
             if done:
                 break
         else:
             if produced == 0 and run["batch_in_epoch"] == 0:
-                raise UserError(f"an epoch of the training data yields no full batch of {optim['batch_size']}; "
-                                f"lower optim.batch_size or add data")
+                if stats.read == read_before:
+                    example = f", e.g. {stats.examples[0]}" if stats.examples else ""
+                    raise UserError(f"no sample of the training data could be read ({stats.skipped} unreadable"
+                                    f"{example}); check the images and captions the recipe's data section names")
+                raise UserError(f"an epoch of the training data yields no full batch of {optim['batch_size']} "
+                                f"({stats.read - read_before} readable samples); lower optim.batch_size or add data")
             run["epoch"] += 1
             run["batch_in_epoch"] = 0
     if stats.skipped and env.is_main:
         log(f"skipped {stats.skipped} unreadable samples, e.g. {'; '.join(stats.examples[:2])}")
-    card = None
-    if env.is_main:
-        card = export(recipe, config, student, objective, work, output, data_info, run, env)
-        if not keep_state:
-            shutil.rmtree(work, ignore_errors=True)
+    if keep_state:
+        promote()  # finite, though no further step proved it: the run is over
+    bad = first_nonfinite(student.clip.state_dict().items())
+    if bad is not None:  # checked after every update already; never export a broken model
+        raise UserError(f"the trained weights are not finite ({bad}); nothing was exported")
+    card = on_main(env, lambda: export(recipe, config, student, objective, work, output, data_info, run, env))
+    if env.is_main and not keep_state:
+        shutil.rmtree(work, ignore_errors=True)
     barrier(env)
     if env.is_main and evaluate and recipe["eval_suite"]:
         card = add_reference_scores(output, recipe.get("eval_suite", "quick"), env.device, progress)
@@ -334,13 +467,21 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
 
 
 def export(recipe, config, student, objective, work: Path, output: Path, data_info, run, env: DistEnv) -> dict:
-    """Write the final open_clip local-dir and card into output atomically; returns the card."""
-    with atomic_directory(output) as staging:
-        for name in TOKENIZER_FILES:
-            shutil.copy2(work / name, staging / name)
-        weights = save_local_dir(student.clip.eval(), config, staging)
-        card = make_card(output.name, recipe, config, student, objective, weights, data_info, run, env)
-        atomic_write_text(staging / CARD_FILE, yaml.safe_dump(card, sort_keys=False))
+    """Write the final open_clip local-dir and card into output atomically; returns the card.
+
+    A failed write (a full disk) leaves no half-written folder and is a UserError naming output.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        with atomic_directory(output) as staging:
+            for name in TOKENIZER_FILES:
+                shutil.copy2(work / name, staging / name)
+            weights = save_local_dir(student.clip.eval(), config, staging)
+            card = make_card(output.name, recipe, config, student, objective, weights, data_info, run, env)
+            atomic_write_text(staging / CARD_FILE, yaml.safe_dump(card, sort_keys=False))
+    except (OSError, SafetensorError) as exc:  # safetensors reports a failed write as a SafetensorError
+        raise write_error(output, exc if isinstance(exc, OSError) else RuntimeError(str(exc))) from None
     return card
 
 
@@ -360,6 +501,7 @@ def make_card(name: str, recipe, config, student, objective, weights: Path, data
             "recipe": recipe["name"], "objective": recipe["objective"], "seed": recipe["seed"],
             "optim": recipe["optim"], "data": data_info, "steps": run["step"], "epochs_started": run["epoch"] + 1,
             "samples_skipped": run["skipped"], **objective.card_info(),
+            **({"schedule_changes": run["schedule_changes"]} if run.get("schedule_changes") else {}),
         },
         "compute": {
             "images_seen": run["images_seen"], "views_per_image": views.n_views,
@@ -389,5 +531,8 @@ def add_reference_scores(folder: Path, suite: str, device: str, progress: bool) 
         scores[benchmark.name] = {k: None if v is None else round(float(v), 6) for k, v in metrics.items()}
     card["reference_suite"] = suite
     card["reference_scores"] = scores
-    atomic_write_text(card_path, yaml.safe_dump(card, sort_keys=False))
+    try:
+        atomic_write_text(card_path, yaml.safe_dump(card, sort_keys=False))
+    except OSError as exc:
+        raise write_error(card_path, exc) from None
     return card

@@ -3,7 +3,8 @@
 Every rank reads the same stream and forms the same global batches, then keeps its own
 slice. A global batch is thus identical for any number of ranks, which is what makes a
 2-process run reproduce a 1-process run with the same global batch. Samples that cannot
-be read (missing image or caption, undecodable image) are skipped and counted.
+be read (missing image or caption, undecodable image) are skipped and counted once each,
+however many epochs meet them.
 """
 
 from __future__ import annotations
@@ -51,15 +52,22 @@ class Batch:
 
 @dataclass
 class ReadStats:
-    """Counts of samples read and skipped (unreadable), for the log and the card."""
+    """Samples read (every read, all epochs) and the distinct unreadable samples, for the log and the card."""
 
     read: int = 0
-    skipped: int = 0
     examples: list[str] = field(default_factory=list)
+    keys: set[str] = field(default_factory=set)
+
+    @property
+    def skipped(self) -> int:
+        """Return the number of distinct unreadable samples (files), not of failed reads."""
+        return len(self.keys)
 
     def skip(self, key: str, reason: str) -> None:
-        """Count one unreadable sample; keep the first few reasons."""
-        self.skipped += 1
+        """Note an unreadable sample (once, however often it is met); keep the first few reasons."""
+        if key in self.keys:
+            return
+        self.keys.add(key)
         if len(self.examples) < 5:
             self.examples.append(f"{key}: {reason}")
 
@@ -72,19 +80,42 @@ def list_shards(folder: Path) -> list[str]:
     return shards
 
 
-def csv_source(path: Path, image_column: str = "filepath", caption_column: str = "caption") -> PairSource:
-    """Return a PairSource for a CSV of image paths and captions; a missing file or column is a UserError."""
+def _read_csv(path: Path, **kwargs):
+    """pandas.read_csv, its failures (unreadable, empty, not a CSV) as a UserError naming path."""
     import pandas as pd
 
+    try:
+        return pd.read_csv(path, **kwargs)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path} is empty; expected a CSV with a header line") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        reason = " ".join(str(exc).split())[:160]
+        raise UserError(f"{path} is not a readable CSV ({type(exc).__name__}: {reason})") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def csv_source(path: Path, image_column: str = "filepath", caption_column: str = "caption") -> PairSource:
+    """Return a PairSource for a CSV of image paths and captions.
+
+    A missing or malformed file, a missing column, no rows, or a CSV none of whose images exists is a UserError
+    (the check stops at the first image that exists, so it costs one stat in the usual case).
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"caption CSV not found: expected {path} with columns {image_column},{caption_column}")
-    columns = list(pd.read_csv(path, nrows=0).columns)
+    columns = list(_read_csv(path, nrows=0).columns)
     for column in (image_column, caption_column):
         if column not in columns:
-            raise UserError(f"{path} has no column '{column}'; it has {', '.join(columns)}")
+            raise UserError(f"{path} has no column '{column}'; it has {', '.join(map(str, columns))}")
+    images = _read_csv(path, usecols=[image_column])[image_column]
+    if not len(images):
+        raise UserError(f"{path} has no rows; expected one image path and caption per line")
+    if not any((path.parent / str(image)).is_file() for image in images):
+        raise UserError(f"none of the {len(images)} images of {path} exists (e.g. {path.parent / str(images.iloc[0])}); "
+                        f"image paths are read relative to the CSV's folder")
     return PairSource("csv", csv_path=path, image_column=image_column, caption_column=caption_column,
-                      size=len(pd.read_csv(path, usecols=[image_column])))
+                      size=len(images))
 
 
 def _every_shard(shards):
@@ -104,13 +135,12 @@ def _raw_webdataset(source: PairSource, seed: int, epoch: int, shuffle_buffer: i
         stream = stream.shuffle(shuffle_buffer, seed=seed * 100_003 + epoch)
     for sample in stream:
         image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
-        yield sample.get("__key__", "?"), image, sample.get("txt")
+        shard = Path(str(sample.get("__url__", ""))).name
+        yield f"{shard}/{sample.get('__key__', '?')}" if shard else sample.get("__key__", "?"), image, sample.get("txt")
 
 
 def _raw_csv(source: PairSource, seed: int, epoch: int) -> Iterator[tuple[str, object, object]]:
-    import pandas as pd
-
-    table = pd.read_csv(source.csv_path)
+    table = _read_csv(source.csv_path)
     order = list(range(len(table)))
     random.Random(f"{seed}:{epoch}:csv").shuffle(order)
     root = source.csv_path.parent

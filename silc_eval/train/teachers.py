@@ -31,8 +31,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from silc_eval.core.fingerprint import file_sha256
 from silc_eval.core.errors import UserError
+from silc_eval.core.fingerprint import file_sha256
 from silc_eval.core.offline import enforce_offline
 from silc_eval.train.tokenizer import SPECIALS
 
