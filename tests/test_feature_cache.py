@@ -1,4 +1,4 @@
-"""The image feature cache: reuse across evaluations, invalidation by every key part, corruption safety."""
+"""The image and text feature cache: reuse across evaluations, invalidation by every key part, corruption safety."""
 
 from __future__ import annotations
 
@@ -43,11 +43,35 @@ def entries(cache_root) -> list[str]:
 def test_second_evaluation_computes_no_image_features(tiny_model, dataset, cache_root):
     first = evaluate_task(zeroshot_classification, tiny_model, dataset, ZS_PARAMS)
     assert computed() == len(dataset) == 24
+    texts = feature_cache.STATS["texts_computed"]
+    assert texts == 6 * 3  # 6 classes x 3 templates
     second = evaluate_task(zeroshot_classification, tiny_model, dataset, ZS_PARAMS)
     assert computed() == 24, "the second evaluation ran the image encoder again"
-    assert feature_cache.STATS["hits"] == 1
+    assert feature_cache.STATS["texts_computed"] == texts, "the second evaluation ran the text encoder again"
+    assert feature_cache.STATS["hits"] == 2  # the image features and the class prompts
     assert first == second
-    assert len([n for n in entries(cache_root) if n.endswith(".npy")]) == 1
+    assert len([n for n in entries(cache_root) if n.endswith(".npy")]) == 2
+
+
+def test_text_features_are_keyed_by_model_and_token_ids(tiny_model, cache_root):
+    from silc_eval.features import encode_texts
+
+    prompts = ["a photo of a red square.", "a photo of a green circle."]
+    fresh = encode_texts(tiny_model, prompts)
+    assert feature_cache.STATS["texts_computed"] == 2
+    served = encode_texts(tiny_model, prompts)
+    assert feature_cache.STATS["texts_computed"] == 2 and torch.equal(served, fresh)
+    reordered = encode_texts(tiny_model, prompts[::-1])  # another prompt list is another entry
+    assert feature_cache.STATS["texts_computed"] == 4 and torch.equal(reordered, fresh.flip(0))
+    (meta,) = [json.loads(p.read_text()) for p in cache_root.glob("*.json")
+               if json.loads(p.read_text())["key_parts"]["tokens_sha256"] ==
+               feature_cache.text_key_parts(tiny_model, tiny_model.tokenize(prompts), "fp32")["tokens_sha256"]]
+    assert meta["key_parts"]["model_sha256"] == tiny_model.sha256 and meta["shape"][0] == 2
+    # a model without a known identity (the trainer's live student) is never served from the cache
+    anonymous = copy.copy(tiny_model)
+    anonymous.sha256 = "-"
+    encode_texts(anonymous, prompts)
+    assert feature_cache.STATS["texts_computed"] == 6
 
 
 def test_cached_features_equal_fresh_ones_and_results_match_without_cache(tiny_model, dataset, cache_root,
@@ -55,7 +79,7 @@ def test_cached_features_equal_fresh_ones_and_results_match_without_cache(tiny_m
     fresh = compute_image_features(tiny_model, dataset, batch_size=8, progress=False)
     encode_images(tiny_model, dataset, batch_size=8, progress=False)  # fills the cache
     served = encode_images(tiny_model, dataset, batch_size=8, progress=False)
-    assert feature_cache.STATS["hits"] == 1
+    assert feature_cache.STATS["hits"] == 1 and feature_cache.STATS["images_computed"] == 48
     assert torch.equal(served, fresh)
     with_cache = evaluate_task(zeroshot_classification, tiny_model, dataset, ZS_PARAMS)
     monkeypatch.setenv(feature_cache.ENV_SWITCH, "off")
@@ -179,7 +203,9 @@ def test_cli_no_feature_cache_flag_computes_afresh_and_restores_the_cache(tiny_m
     feature_cache.reset_stats()
     assert main(args + ["--output", str(tmp_path / "b"), "--no-feature-cache"]) == 0
     assert feature_cache.STATS["images_computed"] == 1000 and feature_cache.STATS["hits"] == 0
+    assert feature_cache.STATS["texts_computed"] > 0
     assert feature_cache.enabled()
     feature_cache.reset_stats()
     assert main(args + ["--output", str(tmp_path / "c")]) == 0
-    assert feature_cache.STATS["images_computed"] == 0 and feature_cache.STATS["hits"] == 1
+    assert feature_cache.STATS["images_computed"] == 0 and feature_cache.STATS["texts_computed"] == 0
+    assert feature_cache.STATS["hits"] == 2  # image features and class prompts

@@ -1,11 +1,16 @@
-"""Dataset fingerprints: a short hash that changes when the data a benchmark reads changes."""
+"""Fingerprints: a file's sha256 (remembered while the file is unchanged), and a dataset's short hash that
+changes when the data a benchmark reads changes."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Iterable
+
+from silc_eval.core.io import atomic_write_json
+from silc_eval.core.paths import cache_dir
 
 # Files with these suffixes are hashed by content; other files (images) by name and size,
 # which keeps fingerprinting a 50k-image folder to a directory walk.
@@ -19,6 +24,30 @@ def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: handle.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def remembered_sha256(path: Path) -> str:
+    """Return the hex sha256 of a file, reusing the digest computed earlier while the file's resolved path,
+    byte size and modification time (ns) are unchanged (a 600 MB checkpoint is hashed once, not every run).
+
+    The digests live under cache_dir()/sha256; an unreadable or unwritable memo only costs a re-hash.
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    identity = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    memo = cache_dir() / "sha256" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
+    try:
+        saved = json.loads(memo.read_text(encoding="utf-8"))
+        if {k: saved.get(k) for k in identity} == identity and len(str(saved.get("sha256"))) == 64:
+            return saved["sha256"]
+    except (OSError, ValueError, AttributeError):
+        pass
+    digest = file_sha256(path)
+    try:
+        atomic_write_json(memo, {**identity, "sha256": digest})
+    except OSError:
+        pass
+    return digest
 
 
 def fingerprint_files(files: Iterable[Path], root: Path | None = None, full_content: bool = False) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from silc_eval.core.fingerprint import file_sha256
+from silc_eval.core.fingerprint import remembered_sha256
 from silc_eval.core.records import RECORD_SCHEMA_V1, record_path, sidecar_problem
 from silc_eval.evaluate.api import build_splits, splits_fingerprint
 from silc_eval.models.loading import find_weights_file, parse_model_spec
@@ -45,7 +45,7 @@ class ResumePlan:
 def weights_sha256(spec: str) -> str:
     """Return the sha256 of a model spec's weights file (what load_model records), without loading it."""
     parsed = parse_model_spec(spec)
-    return file_sha256(parsed.path if parsed.kind == "checkpoint" else find_weights_file(parsed.path))
+    return remembered_sha256(parsed.path if parsed.kind == "checkpoint" else find_weights_file(parsed.path))
 
 
 def as_json(value):

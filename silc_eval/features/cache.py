@@ -1,7 +1,9 @@
-"""On-disk cache of image features, keyed by everything that determines them.
+"""On-disk cache of image and text features, keyed by everything that determines them.
 
-Key parts: the model's weights (sha256), the dataset (fingerprint and split), the eval
+Image key parts: the model's weights (sha256), the dataset (fingerprint and split), the eval
 preprocessing (a stable description of the transform), the normalisation and the
+precision. Text key parts: the model's weights (sha256), the sha256 of the token ids of every
+text in order (so the prompt set and the tokenizer are both part of the key) and the
 precision. An entry is two files under `cache_dir()/features`:
 
 - `<key>.npy`: the float32 (N, D) array;
@@ -46,7 +48,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 # Counters tests and perf scripts read: images the model actually encoded, entries served, entries rebuilt.
-STATS = {"images_computed": 0, "hits": 0, "misses": 0, "rebuilt": 0}
+STATS = {"images_computed": 0, "texts_computed": 0, "hits": 0, "misses": 0, "rebuilt": 0}
 
 
 def reset_stats() -> None:
@@ -115,6 +117,17 @@ def key_parts(model, dataset, split: str | None, normalize: bool, precision: str
     return {"model_sha256": sha, "dataset_fingerprint": str(fingerprint), "split": split or "eval",
             "num_images": len(dataset), "preprocessing": preprocessing,
             "normalization": "l2" if normalize else "raw", "precision": precision}
+
+
+def text_key_parts(model, tokens: torch.Tensor, precision: str) -> dict[str, Any] | None:
+    """Return the key parts of the (normalised) text features of token ids (N, L), or None if not cacheable."""
+    sha = known_sha256(model)
+    if sha is None:
+        return None
+    ids = np.ascontiguousarray(tokens.cpu().numpy())
+    digest = hashlib.sha256(f"{ids.dtype}{ids.shape}".encode() + ids.tobytes()).hexdigest()
+    return {"kind": "text", "model_sha256": sha, "tokens_sha256": digest, "num_texts": int(ids.shape[0]),
+            "normalization": "l2", "precision": precision}
 
 
 def _paths(key: str) -> tuple[Path, Path]:

@@ -95,14 +95,24 @@ def encode_texts(model, texts: Sequence[str], batch_size: int = 1024, amp: bool 
                  progress: bool = False, desc: str = "texts") -> torch.Tensor:
     """Return L2-normalised float32 text embeddings (N, D) on the CPU, in input order.
 
-    Under torchrun each rank encodes its block of whole batches and every rank gets all N rows.
+    Served from the feature cache when the same model weights encoded the same token ids before
+    (the prompt set and the tokenizer are in the key); computed and stored otherwise. Under
+    torchrun each rank encodes its block of whole batches and every rank gets all N rows.
     """
-    shard = distributed.shard_indices(len(texts), batch_size)
-    chunks = []
-    with torch.inference_mode(), autocast_context(model.device, amp):
-        for start in tqdm(range(shard.start, shard.stop, batch_size), desc=f"encode {desc}", disable=not progress,
-                          leave=False):
-            tokens = model.tokenize(list(texts[start:min(start + batch_size, shard.stop)])).to(model.device)
-            chunks.append(model.encode_text(tokens, normalize=True).float().cpu())
-    local = torch.cat(chunks) if chunks else torch.empty(0)
-    return distributed.gather_in_order(local, len(texts))
+    tokens = model.tokenize(list(texts)) if len(texts) else torch.empty(0, 0, dtype=torch.int64)
+    precision = "fp16-autocast" if amp and model.device.type == "cuda" else "fp32"
+
+    def compute():
+        shard = distributed.shard_indices(len(texts), batch_size)
+        chunks = []
+        with torch.inference_mode(), autocast_context(model.device, amp):
+            for start in tqdm(range(shard.start, shard.stop, batch_size), desc=f"encode {desc}",
+                              disable=not progress, leave=False):
+                batch = tokens[start:min(start + batch_size, shard.stop)].to(model.device)
+                chunks.append(model.encode_text(batch, normalize=True).float().cpu())
+                feature_cache.STATS["texts_computed"] += len(batch)
+        local = torch.cat(chunks) if chunks else torch.empty(0)
+        return distributed.gather_in_order(local, len(texts)).numpy()
+
+    parts = feature_cache.text_key_parts(model, tokens, precision) if len(texts) else None
+    return torch.from_numpy(feature_cache.cached(parts, compute))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 from silc_eval.core.errors import UserError
-from silc_eval.core.fingerprint import file_sha256
+from silc_eval.core.fingerprint import remembered_sha256
 from silc_eval.core.offline import enforce_offline
 from silc_eval.core.quiet import quiet_root_logger
 from silc_eval.models.open_clip_model import OpenClipModel
@@ -216,4 +216,4 @@ def load_model(spec: str, device: str = "cpu") -> OpenClipModel:
     parsed = parse_model_spec(spec)
     parts = load_open_clip(parsed, device)
     return OpenClipModel(parts.model, parts.tokenizer, parts.preprocess, name=parsed.name,
-                         sha256=file_sha256(parts.weights), source=spec, architecture=parts.architecture)
+                         sha256=remembered_sha256(parts.weights), source=spec, architecture=parts.architecture)

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from silc_eval.core.errors import UserError
-from silc_eval.core.fingerprint import file_sha256
+from silc_eval.core.fingerprint import remembered_sha256
 from silc_eval.core.offline import enforce_offline
 from silc_eval.train.tokenizer import SPECIALS
 
@@ -181,8 +181,8 @@ def _open_clip_teacher(model: torch.nn.Module, spec: str, weights: Path, device,
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
         mean, std = OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-    teacher = VisionTeacher(visual, "open_clip", dim=visual.conv1.out_channels, spec=spec, sha256=file_sha256(weights),
-                            mean=mean, std=std, image_size=_side(visual.image_size),
+    teacher = VisionTeacher(visual, "open_clip", dim=visual.conv1.out_channels, spec=spec,
+                            sha256=remembered_sha256(weights), mean=mean, std=std, image_size=_side(visual.image_size),
                             patch_size=visual.conv1.kernel_size, student_mean=student_mean, student_std=student_std)
     return teacher.to(device)
 
@@ -270,7 +270,7 @@ def _timm_teacher(spec: str, device, student_mean, student_std) -> VisionTeacher
         raise UserError(f"vision teacher {spec}: expected a timm ViT (with patch_embed), got {type(model).__name__}")
     _load_timm_weights(model, weights, spec)
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    teacher = VisionTeacher(model, "timm", dim=model.num_features, spec=spec, sha256=file_sha256(weights),
+    teacher = VisionTeacher(model, "timm", dim=model.num_features, spec=spec, sha256=remembered_sha256(weights),
                             mean=cfg.get("mean", (0.485, 0.456, 0.406)), std=cfg.get("std", (0.229, 0.224, 0.225)),
                             image_size=_side(model.patch_embed.img_size), patch_size=model.patch_embed.patch_size,
                             student_mean=student_mean, student_std=student_std)
@@ -397,7 +397,7 @@ def load_text_teacher(folder: str | Path, device: str | torch.device = "cpu") ->
         model = AutoModel.from_pretrained(str(folder), local_files_only=True)
     except Exception as exc:
         raise UserError(f"text teacher {folder}: could not be loaded with transformers: {_first_line(exc)}") from None
-    return TextTeacher(model.to(device), tokenizer, spec=str(folder), sha256=file_sha256(weights))
+    return TextTeacher(model.to(device), tokenizer, spec=str(folder), sha256=remembered_sha256(weights))
 
 
 # ----------------------------------------------------------------------------- embedding inheritance
