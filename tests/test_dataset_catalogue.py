@@ -48,9 +48,11 @@ def test_imagenet_val_wnid_folders_use_the_standard_order_and_packaged_names(tmp
     from clip_benchmark.datasets.builder import all_imagenet_wordnet_ids
 
     val = tmp_path / "imagenet" / "val"
-    for wnid in all_imagenet_wordnet_ids:
+    tiny = image_bytes(0, "PNG", (2, 2))
+    for wnid in all_imagenet_wordnet_ids:  # every class folder holds an image (an empty one is refused)
         (val / wnid).mkdir(parents=True)
-    # ImageNet's own upper-case suffix; the goldfish folder (index 1) gets two, the last class one.
+        (val / wnid / "a.png").write_bytes(tiny)
+    # ImageNet's own upper-case suffix; the goldfish folder (index 1) gets two more, the last class one.
     write_image(val / "n01443537" / "ILSVRC2012_val_00000001.JPEG", 1, "JPEG")
     write_image(val / "n01443537" / "ILSVRC2012_val_00000002.JPEG", 2, "JPEG")
     write_image(val / "n15075141" / "ILSVRC2012_val_00000003.JPEG", 3, "JPEG")
@@ -62,9 +64,10 @@ def test_imagenet_val_wnid_folders_use_the_standard_order_and_packaged_names(tmp
     assert len(dataset.classes) == 1000 and dataset.classes[:2] == ["tench", "goldfish"]
     assert dataset.classes == packaged("classnames", "imagenet1k")
     assert len(dataset.templates) == 80
-    assert dataset.targets == [1, 1, 999]
+    assert len(dataset) == 1003 and dataset.targets[:5] == [0, 1, 1, 1, 2]
+    assert dataset.targets.count(1) == 3 and dataset.targets.count(999) == 2 and dataset.targets[-1] == 999
     assert dataset.classes[999] == "toilet paper"
-    image, label = dataset[2]
+    image, label = dataset[len(dataset) - 2]  # ILSVRC...JPEG sorts before a.png
     assert label == 999 and image.size == (20, 12)
     assert not hasattr(dataset, "declaration")  # a reader hands over data, never the means to open more
 

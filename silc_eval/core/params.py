@@ -16,7 +16,7 @@ from silc_eval.core.errors import UserError
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter: its default, a check returning None for a valid value, and what a valid value is."""
+    """One parameter: its default, a check (True for a valid value) and what a valid value is, in words."""
 
     default: Any
     check: Callable[[Any], bool]
