@@ -3,6 +3,7 @@ kind for a failed write; and the unwrapping of a UserError raised in a DataLoade
 
 from __future__ import annotations
 
+import errno
 import re
 import traceback
 from contextlib import contextmanager
@@ -24,9 +25,12 @@ class WriteError(UserError, OSError):
     OSError, so code that tolerates a failed write (the feature cache) still catches it.
     """
 
+    FULL = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+
     def __init__(self, path: Path | str, reason: OSError):
         super().__init__(reason.errno, reason.strerror or str(reason), str(path))
-        self.message = f"cannot write {path}: {reason.strerror or reason}"
+        hint = " (disk full?)" if reason.errno in self.FULL else ""
+        self.message = f"cannot write {path}: {reason.strerror or reason or type(reason).__name__}{hint}"
 
     def __str__(self) -> str:
         return self.message

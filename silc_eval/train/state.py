@@ -11,7 +11,6 @@ checkpoint a diverged run keeps is one it can resume from.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -20,7 +19,7 @@ from typing import Any, Iterable
 
 import torch
 
-from silc_eval.core.errors import UserError
+from silc_eval.core.errors import UserError, WriteError
 
 STATE_FILE = "last.pt"
 PENDING_FILE = "next.pt"
@@ -51,15 +50,13 @@ def legacy_recipe_hash(recipe: dict[str, Any]) -> str:
 
 
 def write_error(path: Path, exc: BaseException) -> UserError:
-    """Return the one-line UserError for a failed write of path (OSError, or torch's RuntimeError)."""
+    """Return the one-line UserError for a failed write of path: core's WriteError for an OSError, the same
+    form for torch's writer, which reports a full disk as a RuntimeError ('[enforce fail at inline_container.cc')."""
     if isinstance(exc, OSError):
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        full = exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
-    else:  # torch's writer: '[enforce fail at inline_container.cc:...] . PytorchStreamWriter failed writing ...'
-        text = " ".join(str(exc).split())
-        reason = text.split("] . ", 1)[-1][:160] or type(exc).__name__
-        full = True
-    return UserError(f"cannot write {path}: {reason}" + (" (disk full?)" if full else ""))
+        return WriteError(path, exc)
+    text = " ".join(str(exc).split())
+    reason = text.split("] . ", 1)[-1][:160] or type(exc).__name__
+    return UserError(f"cannot write {path}: {reason} (disk full?)")
 
 
 def save_state(folder: Path, state: dict[str, Any], name: str = STATE_FILE) -> Path:
