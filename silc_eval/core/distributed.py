@@ -255,15 +255,6 @@ def gather_chunks(owned: Sequence[torch.Tensor], total: int) -> list[torch.Tenso
     return [per_rank[i % world_size()][i // world_size()] for i in range(total)]
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Return the element-wise sum of tensor over every rank (same device and dtype; tensor when off)."""
-    if not active():
-        return tensor
-    total = tensor.detach().to(comm_device()).clone()
-    dist.all_reduce(total, op=dist.ReduceOp.SUM)
-    return total.to(tensor.device)
-
-
 def broadcast_object(value):
     """Return rank 0's value (a picklable object) on every rank (value itself when off)."""
     if not active():

@@ -61,26 +61,31 @@ def write_samples(record_file: Path, samples: Mapping[str, np.ndarray]) -> dict:
                        for name, v in samples.items()}}
 
 
-def sidecar_problem(record_file: Path, record: Mapping) -> str | None:
-    """Return why the sidecar a record names is missing or not the one it was written with (None if it is)."""
+def _sidecar_bytes(record_file: Path, record: Mapping) -> tuple[bytes | None, str | None]:
+    """Return (the bytes of the sidecar a record names, None), or (None, why it is missing or not the one the
+    record was written with)."""
     described = record.get("samples")
     if not isinstance(described, dict) or "file" not in described or "sha256" not in described:
-        return "the record names no per-sample sidecar"
+        return None, "the record names no per-sample sidecar"
     path = Path(record_file).with_name(str(described["file"]))
     try:
         data = path.read_bytes()
     except OSError:
-        return f"per-sample sidecar {path.name} is missing"
+        return None, f"per-sample sidecar {path.name} is missing"
     if hashlib.sha256(data).hexdigest() != described["sha256"]:
-        return f"per-sample sidecar {path.name} does not match the sha256 in its record"
-    return None
+        return None, f"per-sample sidecar {path.name} does not match the sha256 in its record"
+    return data, None
+
+
+def sidecar_problem(record_file: Path, record: Mapping) -> str | None:
+    """Return why the sidecar a record names is missing or not the one it was written with (None if it is)."""
+    return _sidecar_bytes(record_file, record)[1]
 
 
 def read_samples(record_file: Path, record: Mapping) -> dict[str, np.ndarray]:
-    """Return the per-sample outcomes of a record, checked against the sha256 the record holds."""
-    problem = sidecar_problem(record_file, record)
+    """Return the per-sample outcomes of a record, checked against the sha256 the record holds (one read)."""
+    data, problem = _sidecar_bytes(record_file, record)
     if problem:
         raise UserError(f"{record_file}: {problem}; rerun 'silc-eval run' into this folder to recompute it")
-    path = Path(record_file).with_name(record["samples"]["file"])
-    with np.load(path, allow_pickle=False) as archive:
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
         return {name: archive[name] for name in archive.files}

@@ -75,13 +75,6 @@ def layout_paths(name: str, split: str) -> list[str]:
     return [p.format(split=split) for p in layout.get(split, layout.get("*", ()))]
 
 
-def expected_paths(dataset: dict) -> list[str]:
-    """Return the paths (relative to the data root) a `clip_benchmark` declaration reads."""
-    root = dataset["root"]
-    paths = layout_paths(dataset["dataset"], dataset.get("split", "test"))
-    return [root] + [f"{root}/{p}" for p in paths]
-
-
 def _labels(ds) -> list[int]:
     """Return the class index of every sample of a clip-benchmark dataset, without decoding images.
 
