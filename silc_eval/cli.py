@@ -19,6 +19,28 @@ class OneLineParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
+def add_interval_options(parser: argparse.ArgumentParser, metrics: bool = True) -> None:
+    """Add the bootstrap options (resamples, level, seed and, if asked, extra interval metrics) to a subcommand."""
+    parser.add_argument("--resamples", type=int, default=1000, metavar="N",
+                        help="bootstrap resamples of the images for intervals and paired tests (default 1000; "
+                             "0: none)")
+    parser.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default 0.95)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, metavar="SEED",
+                        help="seed of the resampling (default 0)")
+    if metrics:
+        parser.add_argument("--interval-metrics", action="append", default=[], metavar="GLOB[,GLOB...]",
+                            help="metrics that get an interval besides each benchmark's main metric "
+                                 "(globs, e.g. 'acc5,IoU.*'; 'all' for every metric)")
+
+
+def interval_settings(args):
+    """Return the IntervalSettings of parsed bootstrap options."""
+    from silc_eval.report.intervals import IntervalSettings, parse_metric_globs
+
+    return IntervalSettings(resamples=args.resamples, level=args.level, seed=args.bootstrap_seed,
+                            metrics=parse_metric_globs(getattr(args, "interval_metrics", [])))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the silc-eval argument parser with its subcommands."""
     parser = OneLineParser(prog="silc-eval", description="Zero-shot evaluation and training for CLIP-style models.")
@@ -49,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--reference", type=Path, default=None, metavar="FILE",
                         help="CSV or YAML of reference scores (default: the zoo cards' reference_scores)")
     source.add_argument("--published", action="store_true", help="compare with model_zoo/published.yaml")
+    source.add_argument("--reference-run", type=Path, default=None, metavar="DIR",
+                        help="a results folder with sidecars: a regression is a paired difference whose "
+                             "bootstrap interval lies entirely below minus the tolerance")
     check.add_argument("--tolerance", action="append", default=[], metavar="[[SCOPE:]METRIC=]VALUE",
                        help="allowed drop, a fraction or pp (default 0.003 = 0.3pp); METRIC and SCOPE "
                             "(benchmark, task or group) are globs; repeatable, the last match wins")
@@ -57,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "'method (backbone)' (repeatable)")
     check.add_argument("--strict", action="store_true",
                        help="fail on a malformed or foreign record file (default: name it and skip it)")
+    add_interval_options(check, metrics=False)
 
     report = sub.add_parser("report", help="write grouped tables and report.html from a results folder's records")
     report.add_argument("results", type=Path, metavar="RESULTS_DIR", help="a folder written by 'silc-eval run'")
@@ -69,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="another published-numbers YAML (implies --with-published)")
     report.add_argument("--strict", action="store_true",
                         help="fail on a malformed or foreign JSON under records/ instead of skipping it")
+    add_interval_options(report)
+
+    compare = sub.add_parser("compare", help="paired differences of two results folders (RUN_B minus RUN_A)")
+    compare.add_argument("run_a", type=Path, metavar="RUN_A", help="the results folder before (the reference)")
+    compare.add_argument("run_b", type=Path, metavar="RUN_B", help="the results folder after")
+    compare.add_argument("--csv", type=Path, default=None, metavar="FILE", help="also write the table as CSV")
+    compare.add_argument("--strict", action="store_true",
+                         help="fail on a malformed or foreign JSON under records/ instead of skipping it")
+    add_interval_options(compare)
 
     lister = sub.add_parser("list", help="list benchmarks, suites or models")
     lister.add_argument("what", choices=["benchmarks", "suites", "models", "recipes"])
@@ -131,7 +166,8 @@ def cmd_check(args) -> int:
     from silc_eval.report.check import run_check
 
     outcome = run_check(args.results, reference=args.reference, published=args.published,
-                        tolerances=args.tolerance, matches=args.match, strict=args.strict)
+                        tolerances=args.tolerance, matches=args.match, strict=args.strict,
+                        reference_run=args.reference_run, intervals=interval_settings(args))
     print(outcome.text)
     return outcome.exit_code
 
@@ -143,8 +179,15 @@ def cmd_report(args) -> int:
     formats = parse_formats(args.format)
     published = load_published(args.published) if (args.with_published or args.published) else ()
     written = write_reports(args.results, baseline=args.baseline, formats=formats, published=published,
-                            strict=args.strict)
+                            strict=args.strict, intervals=interval_settings(args))
     print(f"wrote {', '.join(str(path) for path in written.values())}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from silc_eval.report.paired import compare_runs
+
+    print(compare_runs(args.run_a, args.run_b, interval_settings(args), csv=args.csv, strict=args.strict).text)
     return 0
 
 
@@ -219,8 +262,8 @@ def cmd_train(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "report": cmd_report, "check": cmd_check, "list": cmd_list, "data": cmd_data,
-            "train": cmd_train}
+COMMANDS = {"run": cmd_run, "report": cmd_report, "check": cmd_check, "compare": cmd_compare, "list": cmd_list,
+            "data": cmd_data, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

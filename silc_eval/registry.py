@@ -57,6 +57,11 @@ class Suite:
     file: Path | None = None
 
 
+def task_contract(name: str) -> Task | None:
+    """Return the contract of the task called name, or None for a task this version does not know."""
+    return TASKS.get(name)
+
+
 def parse_benchmark(path: Path) -> Benchmark:
     """Return the Benchmark declared in path after checking it against its task's contract (keys, dataset
     format, kind and splits, parameter types and ranges, main metric); errors are UserErrors naming the file."""

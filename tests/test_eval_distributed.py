@@ -189,11 +189,16 @@ def test_two_process_run_equals_one_process_run(tmp_path, tiny_model_dir, quick_
     assert all_files(tmp_path / "two") == all_files(tmp_path / "one")
     assert not any(".tmp" in name for name in all_files(tmp_path / "two"))
     assert sharded.stdout.count("wrote ") == 1 and single.stdout.count("wrote ") == 1
-    # Rank 0 alone wrote each cached feature array: every entry complete, none half-written.
+    # Every cached entry is complete, none half-written: rank 0 alone wrote each image-feature array
+    # (.npy); each rank wrote the evaluation-window features of its own images (.npz, one per rank).
     entries = all_files(sharded_cache / "features")
     assert entries and sorted(n for n in entries if n.endswith(".json")) == sorted(
-        n.replace(".npy", ".json") for n in entries if n.endswith(".npy"))
-    assert all(n.endswith((".npy", ".json")) for n in entries)
+        n.rsplit(".", 1)[0] + ".json" for n in entries if n.endswith((".npy", ".npz")))
+    assert all(n.endswith((".npy", ".npz", ".json")) for n in entries)
+    shards = [json.loads((sharded_cache / "features" / n).read_text())["key_parts"]["shard"]
+              for n in entries if n.endswith(".json") and n.replace(".json", ".npz") in entries]
+    ranks = [rank for rank, world in shards if world == 2]
+    assert ranks and len(ranks) == len(shards) and ranks.count(0) == ranks.count(1)
 
     # A second sharded run finds every image feature in the cache (rank 0 reads, sends to rank 1):
     # nothing is stored again (a miss would rewrite the entry, a new file through a rename).

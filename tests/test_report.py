@@ -82,6 +82,12 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def delta_of(deltas: pd.DataFrame, model: str, column: str) -> float:
+    """Return the delta (pp) of one model and column of a long deltas.csv (index: model)."""
+    rows = deltas.loc[[model]]
+    return float(rows.loc[rows["column"] == column, "delta_pp"].iloc[0])
+
+
 def test_layout_is_grouped_and_byte_identical_between_runs(results, capsys):
     assert run_cli(capsys, "report", str(results), "--baseline", "alpha")[0] == 0
     first = {name: (results / name).read_bytes() for name in
@@ -112,11 +118,13 @@ def test_group_means_and_deltas_on_hand_made_records(results, capsys):
     assert groups.at["gamma", "mean"] == pytest.approx(30.0)  # the overall mean uses what a model has
     assert groups.at["beta", "mean"] == pytest.approx((7 * 40 + 60) / 8)
     deltas = pd.read_csv(results / "deltas.csv", index_col="model")
-    assert deltas.at["beta", "y-cls"] == pytest.approx(10.0)
-    assert deltas.at["beta", "z-cls"] == pytest.approx(-10.0)
-    assert deltas.at["beta", "classification"] == pytest.approx(0.0)
-    assert deltas.at["gamma", "a-ret"] == pytest.approx(-20.0)
-    assert (deltas.loc["alpha"].dropna() == 0).all()
+    assert delta_of(deltas, "beta", "y-cls") == pytest.approx(10.0)
+    assert delta_of(deltas, "beta", "z-cls") == pytest.approx(-10.0)
+    assert delta_of(deltas, "beta", "classification") == pytest.approx(0.0)
+    assert delta_of(deltas, "gamma", "a-ret") == pytest.approx(-20.0)
+    assert "alpha" not in deltas.index  # the baseline has no row of its own
+    # hand-made records name no sidecar: deltas without intervals or p-values
+    assert deltas[["ci_low_pp", "ci_high_pp", "p_value"]].isna().all().all()
     markdown = (results / "leaderboard.md").read_text()
     assert "| alpha (baseline) | 50.00 | 50.00 | 50.00 |" in markdown
     assert "| beta | 60.00 (+10.00) | 40.00 (-10.00) | 50.00 (+0.00) |" in markdown
@@ -180,7 +188,7 @@ def test_published_rows_stand_beside_our_own(tmp_path, zoo, capsys):
     assert not any(label.startswith("SCLIP") for label in leaderboard.index)  # no segmentation in these results
     assert list(leaderboard.index)[0] == "mine"  # own rows first, published after in file order
     deltas = pd.read_csv(folder / "deltas.csv", index_col="model")
-    assert deltas.at[row, "imagenet1k-zeroshot"] == pytest.approx(8.34)
+    assert delta_of(deltas, row, "imagenet1k-zeroshot") == pytest.approx(8.34)
     markdown = (folder / "leaderboard.md").read_text()
     assert f"| *{row}* | published | 68.34 (+8.34) |" in markdown
     assert "## Published numbers" in markdown and "voc21-zeroshot-seg mIoU 59.63" in markdown

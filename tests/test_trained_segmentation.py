@@ -5,7 +5,9 @@ one class painted in that class's colour plus noise, so every window is one whol
 every patch holds a single class.
 """
 
+import hashlib
 import math
+import statistics
 
 import numpy as np
 import pytest
@@ -38,7 +40,12 @@ class MemorySegmentation(torch.utils.data.Dataset):
         self.class_names = [names[0] for names in self.classes]
         self.num_classes = len(self.classes)
         self.templates = list(templates)
-        self.name = self.fingerprint = name
+        self.name = name
+        # what the content is, as a real dataset's fingerprint says (the feature cache keys on it)
+        content = hashlib.sha256()
+        for tensor in (*images, *labels):
+            content.update(tensor.numpy().tobytes())
+        self.fingerprint = content.hexdigest()[:16]
 
     def __len__(self):
         return len(self.images)
@@ -256,8 +263,8 @@ def trained_heads(monkeypatch):
     records = []
     original = heads.train_head
 
-    def spy(head, cache, step_fn, params, device, progress=True):
-        losses = original(head, cache, step_fn, params, device, progress)
+    def spy(head, cache, step_fn, params, device, seed, progress=True):
+        losses = original(head, cache, step_fn, params, device, seed, progress)
         records.append((losses, {k: v.detach().clone() for k, v in head.state_dict().items()}))
         return losses
 
@@ -280,7 +287,7 @@ def test_linear_probe_learns_a_separable_problem(tiny_model, with_train_split, t
 def test_heads_are_reproducible_per_seed(tiny_model, with_train_split, trained_heads):
     with_train_split(tiny_dataset(TRAIN_IMAGES, seed=12))
     evaluation = tiny_dataset(4, seed=13)
-    runs = [run_head(linear, tiny_model, evaluation, tiny_params(linear, seed=seed, train_batch_size=4),
+    runs = [run_head(linear, tiny_model, evaluation, tiny_params(linear, seeds=[seed], train_batch_size=4),
                             progress=False) for seed in (3, 3, 4)]
     (losses_a, state_a), (losses_b, state_b), (losses_c, state_c) = trained_heads
     assert losses_a == losses_b and runs[0] == runs[1]
@@ -312,3 +319,24 @@ def test_training_windows_resize_pad_and_cut():
     assert (labels[:, 10:] == 255).all()
     assert labels[0, 0].tolist() == [0] * 10 + [1] * 6 and labels[1, 0].tolist() == [0] * 6 + [1] * 10
     assert math.isclose(float(windows[:, :, 10:].abs().sum()), 0.0)
+
+
+@pytest.mark.parametrize("module", [linear, openvocab])
+def test_seeds_train_one_head_each_and_report_their_mean(module, tiny_model, with_train_split):
+    with_train_split(tiny_dataset(TRAIN_IMAGES, seed=16))
+    evaluation = tiny_dataset(4, seed=17)
+    alone = [run_head(module, tiny_model, evaluation, tiny_params(module, seeds=[seed], train_batch_size=4))
+             for seed in (3, 4, 5)]
+    task = module.TASK
+    outcome = task.evaluate(tiny_model, {"train": TRAIN_SPLIT["train"], "eval": evaluation},
+                            task.protocol(tiny_params(module, seeds=[3, 4, 5], train_batch_size=4), "test"),
+                            progress=False)
+    together = outcome.metrics
+    main = "hIoU" if module is openvocab else "mIoU"
+    assert [together[f"{main}_seed{seed}"] for seed in (3, 4, 5)] == [m[main] for m in alone]
+    assert together[main] == pytest.approx(statistics.mean(m[main] for m in alone), abs=1e-12)
+    assert together[f"{main}_std"] == pytest.approx(statistics.stdev(m[main] for m in alone), abs=1e-12)
+    assert together["mIoU_std"] > 0  # the seeds do differ
+    assert outcome.samples["intersect"].shape == (3, 4, len(TINY_CLASSNAMES))
+    assert outcome.samples["seeds"].tolist() == [3, 4, 5]
+    assert task.score(outcome.samples) == together

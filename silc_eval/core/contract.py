@@ -16,7 +16,10 @@ silc_eval/tasks/__init__.py lists them):
   `IoU.{class}`); direction is higher / lower / none (a spread, no better side);
 - evaluate(model, data, params, progress) -> Outcome: the metrics and the per-sample outcomes;
 - score(samples, params) -> metrics: the metrics recomputed from the per-sample outcomes alone.
-  evaluate returns score(samples, params), so the two agree exactly by construction.
+  evaluate returns score(samples, params), so the two agree exactly by construction;
+- unit_statistics(samples, params) -> UnitStatistics (optional): the outcomes as additive per-image
+  (and per-seed) statistics from which core/resampling.py bootstraps intervals and paired tests;
+  with every image and seed taken once they give score's metrics exactly.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from silc_eval.core.params import Param, defaults, validate_params
+from silc_eval.core.resampling import UnitStatistics
 
 DIRECTIONS = ("higher", "lower", "none")
 SPLITS = ("eval", "train")
@@ -77,6 +81,7 @@ class Task:
     evaluate: Callable[..., Outcome]
     score: Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], dict[str, float | None]]
     description: str = ""
+    unit_statistics: Callable[[Mapping[str, np.ndarray], Mapping[str, Any]], UnitStatistics] | None = None
 
     def __post_init__(self):
         unknown = [s for s in self.splits if s not in SPLITS]

@@ -234,6 +234,16 @@ class SegmentationDataset(Dataset):
                             f"[0, {self.num_classes}) or {self.ignore_index} (ignore)")
         return label
 
+    def label(self, index: int) -> torch.Tensor:
+        """Return the checked int64 (H, W) label of sample index without decoding its image (only its header)."""
+        path = self.image_paths[index]
+        try:
+            with Image.open(path) as img:
+                size = img.size
+        except OSError as exc:
+            raise UserError(f"cannot read image {path}: {exc}") from None
+        return self.read_label(index, size)
+
     def __getitem__(self, index: int):
         """Return (uint8 RGB image (3, H, W), int64 label (H, W), index) of sample index."""
         image = load_rgb(self.image_paths[index])

@@ -130,9 +130,26 @@ def text_key_parts(model, tokens: torch.Tensor, precision: str) -> dict[str, Any
             "normalization": "l2", "precision": precision}
 
 
-def _paths(key: str) -> tuple[Path, Path]:
+def window_key_parts(model, dataset, split: str, feature: str, geometry: dict[str, Any], precision: str,
+                     shard: tuple[int, int] = (0, 1)) -> dict[str, Any] | None:
+    """Return the key parts of the frozen features of a segmentation split's windows, or None if not cacheable.
+
+    feature names what the model computes per window (e.g. 'patch_tokens' or 'dense:<variant>');
+    geometry holds every parameter that decides the windows (short side, window, stride);
+    shard is (rank, world size) when each rank keeps only its own images' windows.
+    """
+    sha = known_sha256(model)
+    fingerprint = getattr(dataset, "fingerprint", None)
+    if sha is None or not fingerprint:
+        return None
+    return {"kind": "windows", "model_sha256": sha, "dataset_fingerprint": str(fingerprint), "split": split,
+            "num_images": len(dataset), "feature": feature, "geometry": dict(sorted(geometry.items())),
+            "normalization": list(model.normalization), "precision": precision, "shard": list(shard)}
+
+
+def _paths(key: str, suffix: str = ".npy") -> tuple[Path, Path]:
     folder = features_dir()
-    return folder / f"{key}.npy", folder / f"{key}.json"
+    return folder / f"{key}{suffix}", folder / f"{key}.json"
 
 
 def _log(message: str) -> None:
@@ -140,18 +157,18 @@ def _log(message: str) -> None:
 
 
 def _remove(key: str) -> None:
-    for path in _paths(key):
+    for path in (*_paths(key, ".npy"), *_paths(key, ".npz")):
         path.unlink(missing_ok=True)
 
 
-def load(key: str) -> np.ndarray | None:
-    """Return the cached array of key after checking it against its metadata, or None.
+def _verified(key: str, suffix: str, read: Callable[[bytes, dict], Any]) -> Any:
+    """Return read(blob, metadata) of key's entry after checking the blob against its metadata, or None.
 
     None when there is no complete entry. A data file without metadata (a killed write), or
-    one whose size, sha256 or array header disagree with the metadata, is removed (one
-    stderr line) so the caller recomputes.
+    one whose size, sha256 or content disagree with the metadata, is removed (one stderr
+    line) so the caller recomputes.
     """
-    data_path, meta_path = _paths(key)
+    data_path, meta_path = _paths(key, suffix)
     if not meta_path.exists():
         if data_path.exists():
             _log(f"entry {key} has data but no metadata (interrupted write); removing and recomputing")
@@ -162,30 +179,66 @@ def load(key: str) -> np.ndarray | None:
         blob = data_path.read_bytes()
         if meta.get("schema") != SCHEMA or len(blob) != meta["bytes"] or hashlib.sha256(blob).hexdigest() != meta["sha256"]:
             raise ValueError("data does not match its metadata (truncated or corrupt)")
-        array = np.load(io.BytesIO(blob), allow_pickle=False)
-        if list(array.shape) != meta["shape"]:
-            raise ValueError(f"shape {list(array.shape)} != {meta['shape']}")
+        return read(blob, meta)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         _log(f"entry {key} is unreadable ({exc}); removing and recomputing")
         _remove(key)
         STATS["rebuilt"] += 1
         return None
+
+
+def _read_array(blob: bytes, meta: dict) -> np.ndarray:
+    array = np.load(io.BytesIO(blob), allow_pickle=False)
+    if list(array.shape) != meta["shape"]:
+        raise ValueError(f"shape {list(array.shape)} != {meta['shape']}")
     return array
 
 
-def store(key: str, parts: dict[str, Any], array: np.ndarray) -> Path:
-    """Write array and its provenance under key (data first, metadata last, both atomic); returns the data path."""
-    data_path, meta_path = _paths(key)
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
-    blob = buffer.getvalue()
+def _read_arrays(blob: bytes, meta: dict) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    shapes = {name: list(array.shape) for name, array in arrays.items()}
+    if shapes != meta["shapes"]:
+        raise ValueError(f"arrays {shapes} != {meta['shapes']}")
+    return arrays
+
+
+def load(key: str) -> np.ndarray | None:
+    """Return the cached float32 array of key after checking it against its metadata, or None (see _verified)."""
+    return _verified(key, ".npy", _read_array)
+
+
+def load_arrays(key: str) -> dict[str, np.ndarray] | None:
+    """Return the cached named arrays of key (dtypes as stored) after checking them, or None (see _verified)."""
+    return _verified(key, ".npz", _read_arrays)
+
+
+def _write(key: str, parts: dict[str, Any], blob: bytes, described: dict[str, Any]) -> Path:
+    data_path, meta_path = _paths(key, ".npz" if "shapes" in described else ".npy")
     atomic_write_bytes(data_path, blob)
     atomic_write_json(meta_path, {
-        "schema": SCHEMA, "key": key, "key_parts": parts, "shape": list(array.shape), "dtype": "float32",
+        "schema": SCHEMA, "key": key, "key_parts": parts, **described,
         "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest(), "silc_eval_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     })
     return data_path
+
+
+def store(key: str, parts: dict[str, Any], array: np.ndarray) -> Path:
+    """Write array (as float32) and its provenance under key (data first, metadata last, both atomic); returns
+    the data path."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.float32), allow_pickle=False)
+    return _write(key, parts, buffer.getvalue(), {"shape": list(array.shape), "dtype": "float32"})
+
+
+def store_arrays(key: str, parts: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
+    """Write named arrays (dtypes kept, uncompressed .npz) and their provenance under key; returns the data path."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.ascontiguousarray(array) for name, array in arrays.items()})
+    return _write(key, parts, buffer.getvalue(), {
+        "shapes": {name: list(array.shape) for name, array in arrays.items()},
+        "dtypes": {name: str(array.dtype) for name, array in arrays.items()}})
 
 
 def cached(parts: dict[str, Any] | None, compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -234,3 +287,27 @@ def cached_sharded(parts: dict[str, Any], compute: Callable[[], np.ndarray]) -> 
         except OSError as exc:
             _log(f"could not store entry {key} ({exc}); continuing without caching it")
     return array
+
+
+def cached_arrays(parts: dict[str, Any] | None, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Return the cached named arrays for key parts, or compute(), store and return them.
+
+    parts None (not cacheable) or the cache switched off: compute() every time, nothing stored.
+    This process alone reads and writes the entry: under torchrun, callers either put the shard
+    in the key parts or agree on hit or miss across ranks themselves.
+    """
+    if parts is None or not enabled():
+        return compute()
+    key = cache_key(parts)
+    arrays = load_arrays(key)
+    if arrays is not None:
+        STATS["hits"] += 1
+        return arrays
+    STATS["misses"] += 1
+    arrays = compute()
+    try:
+        store_arrays(key, parts, arrays)
+    except OSError as exc:
+        _log(f"could not store entry {key} ({exc}); continuing without caching it")
+    return arrays
+

@@ -5,8 +5,8 @@
 - slide_images: the sliding-window logits of raw images at their original size (windows.py);
 - SCLIP's zero-shot post-processing: logit scale, softmax over every name, max over a class's
   names, the area and probability thresholds that make background (PROTOCOLS.md 4);
-- slid_meter: every image of a dataset through a window function and a post-processing into a
-  SegmentationMeter (per-image counts), sharded over torchrun ranks by whole image batches.
+- image_batches: a segmentation dataset in ordered batches of (image, label, index).
+Tasks slide over cached window features instead (window_features.py).
 """
 
 from __future__ import annotations
@@ -16,11 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from silc_eval.core import distributed
 from silc_eval.features import OrderedLoader, autocast_context
-from silc_eval.machinery.segmentation_metrics import SegmentationMeter
 from silc_eval.machinery.windows import normalization_tensors, prepare_image, slide_logits
 
 WindowFn = Callable[[torch.Tensor], torch.Tensor]  # windows (N, 3, h, w) -> logits or features (N, ..., gh, gw)
@@ -56,14 +53,18 @@ def predict_classes(probs: torch.Tensor, prob_thd: float = 0.0, area_thd: float 
     return prediction
 
 
+def cosine_logits(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """Return the cosine logits (N, Q, gh, gw) of dense features (N, gh, gw, E) with normalised text rows (Q, E)."""
+    return torch.einsum("bhwe,qe->bqhw", F.normalize(features.float(), dim=-1), text)
+
+
 def text_window_fn(model, text: torch.Tensor, variant: str, amp: bool) -> WindowFn:
     """Return a function mapping windows (N, 3, h, w) to cosine logits (N, Q, gh, gw) of a dense variant."""
     text = text.to(model.device)
 
     def window_fn(windows: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), autocast_context(model.device, amp):
-            features = F.normalize(model.dense_features(windows, variant).float(), dim=-1)
-            return torch.einsum("bhwe,qe->bqhw", features, text)
+            return cosine_logits(model.dense_features(windows, variant), text)
 
     return window_fn
 
@@ -101,21 +102,3 @@ def image_batches(dataset, batch_size: int, num_workers: int) -> OrderedLoader:
     """Return a loader yielding lists of (image, label, index) of a SegmentationDataset, in order; an unreadable
     image in a worker process is its reader's one-line UserError."""
     return OrderedLoader(dataset, batch_size, num_workers, collate_fn=_as_list)
-
-
-def slid_meter(model, dataset, window_fn: WindowFn, postprocess, params: dict, progress: bool = True,
-               desc: str = "segmentation") -> SegmentationMeter:
-    """Return the SegmentationMeter of postprocess(logits) over every image of dataset, logits slid by window_fn.
-
-    Under torchrun each rank takes its block of whole image batches; the per-image counts come
-    back in dataset order on every rank.
-    """
-    meter = SegmentationMeter(dataset.num_classes, dataset.ignore_index)
-    images_per_step = max(1, params["batch_size"] // 4)
-    shard = distributed.shard_dataset(dataset, images_per_step)
-    for items in tqdm(image_batches(shard, images_per_step, params["num_workers"]), disable=not progress,
-                      desc=desc, leave=False):
-        logits = slide_images(model, [image for image, _, _ in items], window_fn, params)
-        for image_logits, (_, label, _) in zip(logits, items):
-            meter.update(postprocess(image_logits).cpu(), label)
-    return meter.gather(len(dataset))

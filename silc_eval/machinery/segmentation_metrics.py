@@ -19,6 +19,7 @@ import torch
 from silc_eval.core import distributed
 from silc_eval.core.contract import Metric
 from silc_eval.core.labels import IGNORE_INDEX
+from silc_eval.core.resampling import UnitStatistics, nanmean, ratio
 
 COUNT_FIELDS = ("intersect", "union", "pred_label", "label")  # per image, per class
 # The metrics every segmentation task reports (the open-vocabulary task adds its seen/unseen means).
@@ -118,6 +119,90 @@ def counts_samples(meter: SegmentationMeter, class_names: Sequence[str]) -> dict
     return samples
 
 
+def seeded_counts_samples(meters: Sequence[SegmentationMeter], class_names: Sequence[str],
+                          seeds: Sequence[int]) -> dict[str, np.ndarray]:
+    """Return the per-sample outcomes of one trained head per seed: each count field stacked to (S, N, C) in
+    seed order, the class names and the seeds (S,)."""
+    per_seed = [counts_samples(meter, class_names) for meter in meters]
+    samples = {name: np.stack([one[name] for one in per_seed]) for name in COUNT_FIELDS}
+    samples["class_names"] = per_seed[0]["class_names"]
+    samples["seeds"] = np.asarray(list(seeds), dtype=np.int64)
+    return samples
+
+
+# The per-seed and spread entries of a task that trains one head per seed (seeded_score).
+SEED_METRICS = (Metric("{metric}_seed{seed}", "none"), Metric("{metric}_std", "none"))
+
+
+def seeded_score(samples: Mapping[str, np.ndarray], score_one) -> dict[str, float | None]:
+    """Return score_one's metrics of per-sample outcomes, averaged over seeds when the counts are (S, N, C).
+
+    With seeds, each metric is the mean over the seeds where it is defined (None where it is
+    defined for none), and every metric without a '.' in its name also gets '<metric>_seed<s>'
+    per seed and '<metric>_std' (the sample standard deviation over seeds, 0 for one seed).
+    Counts of shape (N, C) are one head: score_one(samples) unchanged.
+    """
+    if np.asarray(samples["intersect"]).ndim == 2:
+        return score_one(samples)
+    seeds = [int(seed) for seed in samples["seeds"]]
+    per_seed = []
+    for index in range(len(seeds)):
+        one = {name: (value[index] if name in COUNT_FIELDS else value) for name, value in samples.items()
+               if name != "seeds"}
+        per_seed.append(score_one(one))
+    metrics: dict[str, float | None] = {}
+    for name in per_seed[0]:
+        values = [m[name] for m in per_seed if m[name] is not None and not math.isnan(m[name])]
+        metrics[name] = float(np.mean(values)) if values else None
+    for name in [n for n in per_seed[0] if "." not in n]:
+        for seed, one in zip(seeds, per_seed):
+            metrics[f"{name}_seed{seed}"] = one[name]
+        values = [m[name] for m in per_seed if m[name] is not None and not math.isnan(m[name])]
+        metrics[f"{name}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else (0.0 if values else None)
+    return metrics
+
+
 def segmentation_score(samples: Mapping[str, np.ndarray], params: Mapping | None = None) -> dict[str, float | None]:
-    """Return mIoU, mAcc, aAcc and IoU.<class> of a segmentation task's per-sample outcomes (counts_samples)."""
+    """Return mIoU, mAcc, aAcc and IoU.<class> of a segmentation task's per-sample outcomes (counts_samples, or
+    seeded_counts_samples: then the mean over seeds, each seed's and their spread, see seeded_score)."""
+    if np.asarray(samples["intersect"]).ndim == 3:
+        return seeded_score(samples, segmentation_score)
     return per_class_metrics(scores_from_counts(samples), [str(n) for n in samples["class_names"]])
+
+
+def _harmonic(seen: np.ndarray, unseen: np.ndarray) -> np.ndarray:
+    """Return 2SU/(S+U) elementwise: 0 where both are 0, NaN where either is NaN (as the open-vocabulary score)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        harmonic = 2 * seen * unseen / (seen + unseen)
+    return np.where((seen + unseen) == 0, 0.0, harmonic)
+
+
+def segmentation_unit_statistics(samples: Mapping[str, np.ndarray],
+                                 params: Mapping | None = None) -> UnitStatistics:
+    """Return the per-image UnitStatistics of segmentation counts: per image (and seed, for counts of shape
+    (S, N, C); (N, C) is one seed) and class the intersect, union, pred_label and label pixels.
+
+    A resample's mIoU, mAcc, aAcc and IoU.<class> come from the summed counts exactly as scores_from_counts
+    computes them; with an `unseen` class mask also mIoU_seen, mIoU_unseen and hIoU as the open-vocabulary
+    score does. With several seeds each metric is the mean of the per-seed metrics.
+    """
+    counts = [np.asarray(samples[name], dtype=np.float64) for name in COUNT_FIELDS]
+    counts = [c[None] if c.ndim == 2 else c for c in counts]  # (S, N, C)
+    values = np.concatenate(counts, axis=-1).transpose(1, 0, 2)  # (N, S, 4C)
+    num_classes = counts[0].shape[-1]
+    names = [f"IoU.{name}" for name in samples["class_names"]]
+    unseen = np.asarray(samples["unseen"], dtype=bool) if "unseen" in samples else None
+
+    def reduce(sums: np.ndarray) -> dict[str, np.ndarray]:
+        intersect, union, _, label = (sums[..., i * num_classes:(i + 1) * num_classes] for i in range(4))
+        iou = ratio(intersect, union)
+        metrics = {"mIoU": nanmean(iou), "mAcc": nanmean(ratio(intersect, label)),
+                   "aAcc": ratio(intersect.sum(axis=-1), label.sum(axis=-1))}
+        metrics.update({name: iou[..., c] for c, name in enumerate(names)})
+        if unseen is not None:
+            seen_mean, unseen_mean = nanmean(iou[..., ~unseen]), nanmean(iou[..., unseen])
+            metrics.update({"hIoU": _harmonic(seen_mean, unseen_mean), "mIoU_seen": seen_mean,
+                            "mIoU_unseen": unseen_mean})
+        return metrics
+
+    return UnitStatistics(values, reduce)

@@ -9,7 +9,7 @@ the ORIGINAL image size. Windows of one shape are batched, across images too.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,9 @@ def window_boxes(height: int, width: int, window: int, stride: int) -> list[tupl
     return boxes
 
 
+Box = tuple[int, int, int, int]  # (top, bottom, left, right)
+
+
 def slide_logits(images: Sequence[torch.Tensor], window_fn: Callable[[torch.Tensor], torch.Tensor],
                  window: int, stride: int, batch_size: int,
                  output_sizes: Sequence[tuple[int, int]] | None = None) -> list[torch.Tensor]:
@@ -61,28 +64,47 @@ def slide_logits(images: Sequence[torch.Tensor], window_fn: Callable[[torch.Tens
     windows (N, 3, h, w) to patch-level logits (N, Q, gh, gw). Up to batch_size windows of
     the same shape go through window_fn together.
     """
-    crops: list[tuple[int, tuple[int, int, int, int]]] = []
-    for index, image in enumerate(images):
-        crops += [(index, box) for box in window_boxes(image.shape[-2], image.shape[-1], window, stride)]
-    by_shape: dict[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]] = {}
-    for index, box in crops:
-        by_shape.setdefault((box[1] - box[0], box[3] - box[2]), []).append((index, box))
-    sums: list[torch.Tensor | None] = [None] * len(images)
-    counts = [torch.zeros(image.shape[-2:], device=image.device) for image in images]
+    def logits_fn(chunk: Sequence[tuple[int, Box]]) -> torch.Tensor:
+        return window_fn(torch.stack([images[i][:, t:b, l:r] for i, (t, b, l, r) in chunk]))
+
+    return slide_boxes([tuple(image.shape[-2:]) for image in images], logits_fn, window, stride, batch_size,
+                       output_sizes, images[0].device if images else None)
+
+
+def window_chunks(sizes: Sequence[tuple[int, int]], window: int, stride: int,
+                  batch_size: int) -> Iterator[tuple[tuple[int, int], list[tuple[int, Box]]]]:
+    """Yield (box shape, up to batch_size (image index, box) pairs of that shape) over every window of images
+    of the given sizes: windows of one shape are batched across images, in image then box order."""
+    by_shape: dict[tuple[int, int], list[tuple[int, Box]]] = {}
+    for index, (height, width) in enumerate(sizes):
+        for box in window_boxes(height, width, window, stride):
+            by_shape.setdefault((box[1] - box[0], box[3] - box[2]), []).append((index, box))
     for shape, group in by_shape.items():
         for start in range(0, len(group), batch_size):
-            chunk = group[start:start + batch_size]
-            batch = torch.stack([images[i][:, t:b, l:r] for i, (t, b, l, r) in chunk])
-            logits = window_fn(batch).float()
-            logits = F.interpolate(logits, size=shape, mode="bilinear", align_corners=False)
-            for (i, (t, b, l, r)), window_logits in zip(chunk, logits):
-                if sums[i] is None:
-                    sums[i] = window_logits.new_zeros((window_logits.shape[0], *images[i].shape[-2:]))
-                sums[i][:, t:b, l:r] += window_logits
-                counts[i][t:b, l:r] += 1
+            yield shape, group[start:start + batch_size]
+
+
+def slide_boxes(sizes: Sequence[tuple[int, int]], logits_fn: Callable[[Sequence[tuple[int, Box]]], torch.Tensor],
+                window: int, stride: int, batch_size: int,
+                output_sizes: Sequence[tuple[int, int]] | None = None, device=None) -> list[torch.Tensor]:
+    """Return per image the (Q, h, w) window-averaged logits of images of the given prepared sizes.
+
+    logits_fn maps up to batch_size (image index, box) pairs whose boxes share one shape to the
+    patch-level logits (n, Q, gh, gw) of those windows; each is upsampled bilinearly to its box,
+    overlaps are averaged, and each image's result is upsampled to output_sizes[i] when given.
+    """
+    sums: list[torch.Tensor | None] = [None] * len(sizes)
+    counts = [torch.zeros(size, device=device) for size in sizes]
+    for shape, chunk in window_chunks(sizes, window, stride, batch_size):
+        logits = F.interpolate(logits_fn(chunk).float(), size=shape, mode="bilinear", align_corners=False)
+        for (i, (t, b, l, r)), window_logits in zip(chunk, logits):
+            if sums[i] is None:
+                sums[i] = window_logits.new_zeros((window_logits.shape[0], *sizes[i]))
+            sums[i][:, t:b, l:r] += window_logits
+            counts[i][t:b, l:r] += 1
     results = []
     for i, total in enumerate(sums):
-        averaged = total / counts[i]
+        averaged = total / counts[i].to(total.device)
         if output_sizes is not None and tuple(output_sizes[i]) != tuple(averaged.shape[-2:]):
             averaged = F.interpolate(averaged[None], size=tuple(output_sizes[i]), mode="bilinear",
                                      align_corners=False)[0]

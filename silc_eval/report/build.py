@@ -17,6 +17,7 @@ import pandas as pd
 from silc_eval.core.errors import UserError
 from silc_eval.core.log import warn as warn_stderr
 from silc_eval.report.compute import COMPUTE_COLUMNS, compute_by_model
+from silc_eval.report.intervals import FolderBootstrap
 from silc_eval.report.order import order_benchmarks, order_groups
 from silc_eval.report.published import PublishedEntry, published_main_scores
 from silc_eval.report.tables import MEAN_COLUMN, leaderboard_table
@@ -39,6 +40,7 @@ class Report:
     baseline: str | None = None
     published: list[PublishedEntry] = field(default_factory=list)   # every loaded entry (shown or not)
     published_rows: dict[str, PublishedEntry] = field(default_factory=dict)  # row label -> entry shown there
+    bootstrap: FolderBootstrap | None = None  # intervals and paired differences from the sidecars (if computed)
 
     @property
     def benchmarks(self) -> list[str]:
@@ -72,6 +74,16 @@ class Report:
             return None
         wide = self.wide()
         return wide - wide.loc[self.baseline]
+
+    def interval(self, row: str, benchmark: str):
+        """Return the Interval of a row's main metric on a benchmark (fractions), or None."""
+        if self.bootstrap is None or benchmark not in self.main_metrics:
+            return None
+        return self.bootstrap.intervals.get((row, benchmark, self.main_metrics[benchmark]))
+
+    def difference(self, row: str, benchmark: str):
+        """Return the paired Difference of a row to the baseline on a benchmark's main metric, or None."""
+        return None if self.bootstrap is None else self.bootstrap.differences.get((row, benchmark))
 
     def is_published(self, row: str) -> bool:
         """Return whether a row holds published numbers rather than one of our evaluated models."""

@@ -9,6 +9,11 @@ record (`metric_directions`, declared by the task); records of schema v1 carry n
 metrics named `*_std` count as having no direction.
 References without a result and results without a reference are listed as missing.
 
+Noise-aware (report/check_intervals.py): with `--reference-run DIR` (a results folder with sidecars)
+the references are that run's records, and a score is a regression only when the paired bootstrap
+interval of its difference lies entirely below minus the tolerance (an improvement: entirely above
+it). Against plain reference scores, every listed row shows its score's bootstrap interval.
+
 Tolerances are absolute, in the records' units (fractions): `0.003` or `0.3pp` is 0.3
 percentage points. `--tolerance VALUE` sets the default (0.003); `--tolerance PATTERN=VALUE`
 sets it for metrics matching PATTERN, a glob over the metric name (`mIoU`, `acc1*`) or
@@ -28,6 +33,12 @@ from typing import Callable, Iterable, Sequence
 
 from silc_eval.core.errors import UserError
 from silc_eval.core.log import warn as warn_stderr
+from silc_eval.report.check_intervals import (
+    noise_aware,
+    run_references,
+    with_result_intervals,
+)
+from silc_eval.report.intervals import IntervalSettings
 from silc_eval.report.records import load_result_records
 from silc_eval.report.references import (
     Reference,
@@ -109,8 +120,13 @@ def read_scores(results_dir: Path, strict: bool = False,
 
     A malformed or foreign JSON is named through warn and skipped, or is a UserError when strict.
     """
+    return scores_of(load_result_records(results_dir, strict=strict, warn=warn))
+
+
+def scores_of(records: Sequence[dict]) -> list[Score]:
+    """Return the scores (one per metric) of records."""
     scores = []
-    for record in load_result_records(results_dir, strict=strict, warn=warn):
+    for record in records:
         model, benchmark = record["model"], record["benchmark"]
         for metric, value in sorted(record["metrics"].items()):
             scores.append(Score(model["name"], model["sha256"], benchmark["name"], benchmark["task"],
@@ -133,6 +149,10 @@ class Row:
     result: float | None = None
     tolerance: float | None = None
     note: str = ""
+    record_model: str = ""                       # the record's model name (after --match), to find its sidecar
+    direction: str = "higher"
+    interval: tuple[float, float] | None = None  # bootstrap interval: of the delta (paired) or of the result
+    paired: bool = False                         # whether interval is that of a paired difference
 
 
 def classify(direction: str, reference: float, result: float, tolerance: float) -> str:
@@ -224,7 +244,8 @@ def compare(scores: Sequence[Score], references: Sequence[Reference], tolerances
         tolerance = tolerances.for_score(score.benchmark, score.task, score.group, score.metric, ref.tolerance)
         shown = ref.model if ref.model == score.model else f"{score.model} (as {ref.model})"
         rows.append(Row(classify(score.direction, ref.value, score.value, tolerance), shown, score.benchmark,
-                        score.metric, ref.value, score.value, tolerance))
+                        score.metric, ref.value, score.value, tolerance, record_model=score.model,
+                        direction=score.direction))
     mapped = [(identity[(s.model, s.model_sha256)][0], s) for s in scores]
     rows += _missing_rows("missing result", (k for k in refs if k not in matched), {m for m, _ in mapped},
                           {(m, s.benchmark) for m, s in mapped}, {})
@@ -243,17 +264,30 @@ def _percent(value: float | None, signed: bool = False) -> str:
     return "nan" if math.isnan(value) else f"{100 * value:{'+' if signed else ''}.2f}"
 
 
-def format_table(rows: Sequence[Row]) -> str:
-    """Return rows as an aligned text table (values in %, delta and tolerance in percentage points)."""
-    header = ("status", "model", "benchmark", "metric", "reference %", "result %", "delta pp", "tol pp", "note")
+def _interval(row: Row) -> str:
+    """Return a row's interval as '[low,high]' (pp for a paired delta, % for a result; '' without one)."""
+    if row.interval is None:
+        return ""
+    low, high = row.interval
+    return f"[{_percent(low, signed=row.paired)},{_percent(high, signed=row.paired)}]"
+
+
+def format_table(rows: Sequence[Row], level: float = 0.95) -> str:
+    """Return rows as an aligned text table (values in %, delta and tolerance in percentage points), with an
+    interval column when a row has one (of the delta, or of the result)."""
+    intervals = any(row.interval is not None for row in rows)
+    paired = any(row.paired for row in rows)
+    header = ("status", "model", "benchmark", "metric", "reference %", "result %", "delta pp", "tol pp")
+    header += ((f"delta {100 * level:g}% CI pp" if paired else f"result {100 * level:g}% CI %",) if intervals
+               else ()) + ("note",)
     lines = [header]
     for row in rows:
         delta = (row.result - row.reference) if row.result is not None and row.reference is not None else None
         lines.append((row.status.upper() if row.status == "regression" else row.status, row.model, row.benchmark,
                       row.metric, _percent(row.reference), _percent(row.result), _percent(delta, signed=True),
-                      _percent(row.tolerance), row.note))
+                      _percent(row.tolerance)) + ((_interval(row),) if intervals else ()) + (row.note,))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    right = {4, 5, 6, 7}
+    right = set(range(4, len(header) - 1))
     return "\n".join("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
                                for i, (cell, w) in enumerate(zip(line, widths))).rstrip() for line in lines)
 
@@ -298,22 +332,54 @@ class CheckOutcome:
 
 def run_check(results_dir: Path, reference: Path | None = None, published: bool = False,
               tolerances: Sequence[str] = (), matches: Sequence[str] = (), strict: bool = False,
-              warn: Callable[[str], None] = warn_stderr) -> CheckOutcome:
-    """Return the outcome of checking results_dir against the zoo cards, a reference file or published numbers.
+              warn: Callable[[str], None] = warn_stderr, reference_run: Path | None = None,
+              intervals: IntervalSettings | None = None) -> CheckOutcome:
+    """Return the outcome of checking results_dir against the zoo cards, a reference file, published numbers
+    or (noise-aware, paired over the same images) the records of a reference run.
 
-    Skipped record files are named through warn.
+    Skipped record files are named through warn. Listed scores carry their bootstrap interval where the
+    records have sidecars (intervals: the settings; resamples 0 switches them off).
     """
     parsed, aliases = parse_tolerances(tolerances), parse_matches(matches)
-    if reference is not None and published:
-        raise UserError("--reference and --published are alternatives; give one of them")
+    settings = intervals or IntervalSettings()
+    if sum([reference is not None, published, reference_run is not None]) > 1:
+        raise UserError("--reference, --published and --reference-run are alternatives; give one of them")
+    records = load_result_records(results_dir, strict=strict, warn=warn)
+    scores = renamed(scores_of(records), aliases)
+    if reference_run is not None:
+        return _check_against_run(results_dir, records, scores, Path(reference_run), parsed, aliases, settings,
+                                  strict, warn)
     if reference is not None:
         references, source = read_reference_file(reference), str(reference)
     elif published:
         references, source = published_references(), "the published numbers"
     else:
         references, source = zoo_references(), "the zoo cards' reference scores"
-    scores = renamed(read_scores(results_dir, strict=strict, warn=warn), aliases)
-    rows = compare(scores, references, parsed)
+    rows = with_result_intervals(compare(scores, references, parsed), results_dir, records, settings, aliases)
+    return _outcome(rows, source, settings)
+
+
+def _outcome(rows: list[Row], source: str, settings: IntervalSettings, notes: Sequence[str] = ()) -> CheckOutcome:
     listed = [r for r in rows if r.status != "ok"]
-    text = (format_table(listed) + "\n" if listed else "") + summary(rows, source)
+    text = (format_table(listed, settings.level) + "\n" if listed else "") + "".join(f"{n}\n" for n in notes)
+    text += summary(rows, source)
     return CheckOutcome(rows, text, 1 if any(r.status == "regression" for r in rows) else 0)
+
+
+def _check_against_run(results_dir: Path, records: Sequence[dict], scores: Sequence[Score], reference_run: Path,
+                       tolerances: Tolerances, aliases: dict[str, str], settings: IntervalSettings, strict: bool,
+                       warn: Callable[[str], None]) -> CheckOutcome:
+    """Return the noise-aware outcome of checking records against the records of reference_run (paired)."""
+    from silc_eval.report.paired import pair_runs
+
+    if not settings.enabled:
+        raise UserError("--reference-run needs resamples to judge differences; expected --resamples > 0")
+    reference_records = load_result_records(reference_run, strict=strict, warn=warn)
+    source = f"the reference run {reference_run}"
+    rows = compare(scores, run_references(reference_records, str(reference_run)), tolerances)
+    differences = pair_runs(results_dir, records, reference_run, reference_records, settings, every_metric=True,
+                            aliases=aliases)
+    note = (f"A score regresses only when the {100 * settings.level:g}% paired-bootstrap interval of its "
+            f"difference ({settings.resamples:,} resamples of the same images, seed {settings.seed}) lies entirely "
+            f"below minus its tolerance.")
+    return _outcome(noise_aware(rows, differences), source, settings, [note])

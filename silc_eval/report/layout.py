@@ -3,7 +3,9 @@
 Layout: a summary table (compute columns, one mean per group, the overall mean), then one
 table per group (each benchmark's main metric, and the group mean when the group has more
 than one benchmark), then, with published numbers, the long list of them with sources.
-With a baseline, every cell of another row reads `value (+delta)` in percentage points.
+With a baseline, every cell of another row reads `value (+delta)` in percentage points. Where the
+records' sidecars give intervals, a benchmark's cell reads `value ± half-width` and a delta that is
+significant after Holm's correction is marked `*`; a table of the paired differences follows.
 """
 
 from __future__ import annotations
@@ -34,13 +36,24 @@ class DisplayTable:
     notes: list[str] = field(default_factory=list)
 
 
-def score_cell(value: float, delta: float | None = None) -> str:
-    """Return a score in % with 2 decimals, its delta in pp when given, or an em dash when missing."""
+def score_cell(value: float, delta: float | None = None, half_width: float | None = None,
+               significant: bool = False) -> str:
+    """Return a score in % with 2 decimals, ± the half-width of its interval and its delta in pp (marked *
+    when significant) when given, or an em dash when missing."""
     if value is None or math.isnan(value):
         return MISSING
+    text = f"{value:.2f}"
+    if half_width is not None and not math.isnan(half_width):
+        text += f" ± {half_width:.2f}"
     if delta is None or math.isnan(delta):
-        return f"{value:.2f}"
-    return f"{value:.2f} ({delta:+.2f})"
+        return text
+    return f"{text} ({delta:+.2f}{'*' if significant else ''})"
+
+
+def half_width(report: Report, row: str, column: str) -> float | None:
+    """Return half the width of the interval of a row's main metric on a benchmark column, in pp (or None)."""
+    interval = report.interval(row, column)
+    return None if interval is None else 50.0 * (interval.high - interval.low)
 
 
 def compute_cell(column: str, value: float) -> str:
@@ -71,7 +84,12 @@ def value_cells(report: Report, row: str, columns: list[str], wide: pd.DataFrame
                 deltas: pd.DataFrame | None) -> list[str]:
     """Return the score cells of one row for the given wide-table columns (with deltas when there is a baseline)."""
     show_delta = deltas is not None and row != report.baseline
-    return [score_cell(wide.at[row, c], deltas.at[row, c] if show_delta else None) for c in columns]
+    cells = []
+    for c in columns:
+        difference = report.difference(row, c) if show_delta else None
+        cells.append(score_cell(wide.at[row, c], deltas.at[row, c] if show_delta else None,
+                                half_width(report, row, c), bool(difference and difference.significant)))
+    return cells
 
 
 def lead_cells(report: Report, row: str) -> list[str]:
@@ -116,7 +134,40 @@ def group_table(report: Report, group: str, wide: pd.DataFrame, deltas: pd.DataF
         rows.append(lead_cells(report, row) + value_cells(report, row, columns, wide, deltas))
         kinds.append(row_kind(report, row))
     numeric = [False] * len(lead_header(report)) + [True] * len(columns)
-    return DisplayTable(f"group-{group}", group[:1].upper() + group[1:], header, rows, kinds, numeric)
+    return DisplayTable(f"group-{group}", group[:1].upper() + group[1:], header, rows, kinds, numeric,
+                        interval_notes(report, benchmarks))
+
+
+def interval_notes(report: Report, benchmarks: list[str]) -> list[str]:
+    """Return the notes under a group table: what its * marks mean (when it shows tested differences)."""
+    rows = report.scores.index
+    return [significance_note(report)] if any(report.difference(r, b) for r in rows for b in benchmarks) else []
+
+
+def significance_note(report: Report) -> str:
+    """Return the sentence that says what a * on a delta means."""
+    family = max(sum(1 for b in report.benchmarks if report.difference(r, b)) for r in report.own_models)
+    return (f"* the difference to {report.baseline} is significant at {report.bootstrap.settings.alpha:g} after "
+            f"Holm's correction across the {family} benchmarks compared for each model (paired over the same "
+            f"images: McNemar's exact test for per-image correctness, a paired bootstrap otherwise); ± is half "
+            f"the width of the score's {100 * report.bootstrap.settings.level:g}% interval.")
+
+
+def differences_table(report: Report) -> DisplayTable:
+    """Return one row per paired difference to the baseline: delta, interval, p-value, Holm p-value, test."""
+    level = report.bootstrap.settings.level
+    header = ["model", "benchmark", "metric", "delta (pp)", f"{100 * level:g}% interval (pp)", "p", "Holm p", "test"]
+    rows = []
+    for row in report.own_models:
+        for benchmark in report.benchmarks:
+            d = report.difference(row, benchmark)
+            if d is None:
+                continue
+            mark = "*" if d.significant else ""
+            rows.append([row, benchmark, d.metric, f"{100 * d.delta:+.2f}{mark}",
+                         f"[{100 * d.low:+.2f}, {100 * d.high:+.2f}]", f"{d.p_value:.3g}", f"{d.p_holm:.3g}", d.test])
+    return DisplayTable("differences", f"Paired differences to {report.baseline}", header, rows, [ROW_OWN] * len(rows),
+                        [False, False, False, True, True, True, True, False], [significance_note(report)])
 
 
 def published_list(report: Report) -> DisplayTable:
@@ -141,6 +192,8 @@ def display_tables(report: Report) -> list[DisplayTable]:
     wide, deltas = report.wide(), report.deltas()
     tables = [summary_table(report, wide, deltas)]
     tables += [group_table(report, group, wide, deltas) for group in report.groups]
+    if report.bootstrap is not None and report.bootstrap.differences:
+        tables.append(differences_table(report))
     if report.published:
         tables.append(published_list(report))
     return tables
@@ -152,4 +205,10 @@ def intro_lines(report: Report) -> list[str]:
              f"benchmarks, {len(report.records)} result records."]
     if report.baseline:
         lines.append(f"In parentheses: the difference to the baseline {report.baseline}, in percentage points.")
+    boot = report.bootstrap
+    if boot is not None and boot.intervals:
+        lines.append(boot.settings.describe())
+    if boot is not None and boot.without_sidecar:
+        lines.append(f"{len(boot.without_sidecar)} records have no per-sample sidecar this version can read, so no "
+                     f"interval (e.g. {boot.without_sidecar[0]}).")
     return lines

@@ -22,7 +22,8 @@ def png_bytes(figure: Figure) -> bytes:
 
 
 def group_bar_chart(report: Report, group: str) -> bytes:
-    """Return a bar chart of one group: a cluster per benchmark (and the group mean), a bar per own model."""
+    """Return a bar chart of one group: a cluster per benchmark (and the group mean), a bar per own model, with
+    error bars from the benchmarks' intervals where the report has them."""
     benchmarks = report.groups[group]
     columns = benchmarks + ([group] if len(benchmarks) > 1 else [])
     labels = benchmarks + (["mean"] if len(benchmarks) > 1 else [])
@@ -30,18 +31,38 @@ def group_bar_chart(report: Report, group: str) -> bytes:
     width = 0.8 / max(len(models), 1)
     figure = Figure(figsize=(max(4.0, 1.2 + 0.9 * len(columns) * max(1, len(models)) * 0.35), 3.4))
     axes = figure.add_subplot()
+    with_errors = False
     for i, model in enumerate(models):
         values = [wide.at[model, c] for c in columns]
         positions = [k + (i - (len(models) - 1) / 2) * width for k in range(len(columns))]
+        errors = error_bars(report, model, columns, values)
+        with_errors = with_errors or errors is not None
         axes.bar(positions, [0.0 if math.isnan(v) else v for v in values], width, label=model,
-                 color=f"C{i % 10}", edgecolor="none")
+                 color=f"C{i % 10}", edgecolor="none", yerr=errors,
+                 error_kw={"elinewidth": 0.8, "capsize": 2, "ecolor": "#333333"})
     axes.set_xticks(range(len(columns)), labels, rotation=20 if len(columns) > 2 else 0, ha="right"
                     if len(columns) > 2 else "center", fontsize=8)
     axes.set_ylabel("score (%)")
-    axes.set_title(f"{group} (main metric of each benchmark)", fontsize=10)
+    level = f"; error bars: {100 * report.bootstrap.settings.level:g}% intervals" if with_errors else ""
+    axes.set_title(f"{group} (main metric of each benchmark{level})", fontsize=10)
     axes.grid(axis="y", alpha=0.3)
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return png_bytes(figure)
+
+
+def error_bars(report: Report, model: str, columns: list[str], values: list[float]) -> list[list[float]] | None:
+    """Return the (2, columns) lower / upper error bar lengths in % of one model's bars (NaN where a column
+    has no interval), or None when none has one."""
+    lower, upper = [], []
+    for column, value in zip(columns, values):
+        interval = report.interval(model, column)
+        if interval is None or math.isnan(value) or math.isnan(interval.low):
+            lower.append(math.nan)
+            upper.append(math.nan)
+        else:
+            lower.append(max(0.0, value - 100 * interval.low))
+            upper.append(max(0.0, 100 * interval.high - value))
+    return None if all(math.isnan(v) for v in lower) else [lower, upper]
 
 
 def compute_points(report: Report) -> list[tuple[str, str, float, float]]:

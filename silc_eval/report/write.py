@@ -1,7 +1,9 @@
 """Write the report files of a results folder from its records (CSV, Markdown, HTML), atomically.
 
-csv:  results.csv (every metric, raw fractions), leaderboard.csv (rows x benchmarks + mean, in %),
-      groups.csv (compute columns, one mean per group, mean), deltas.csv (with a baseline: pp)
+csv:  results.csv (every metric, raw fractions, with ci_low / ci_high where an interval was computed),
+      leaderboard.csv (rows x benchmarks + mean, in %), groups.csv (compute columns, one mean per group,
+      mean), deltas.csv (with a baseline: one row per model and column, pp, with the paired intervals and
+      p-values of the benchmarks)
 md:   leaderboard.md        html: report.html (self-contained)
 """
 
@@ -16,6 +18,7 @@ from silc_eval.core.errors import UserError, WriteError
 from silc_eval.core.io import atomic_write_text
 from silc_eval.core.log import warn as warn_stderr
 from silc_eval.report.build import Report, build_report
+from silc_eval.report.intervals import IntervalSettings, bootstrap_folder
 from silc_eval.report.records import load_result_records
 from silc_eval.report.tables import MEAN_COLUMN, results_table
 
@@ -54,21 +57,63 @@ def csv_tables(report: Report) -> dict[str, pd.DataFrame]:
               "groups_csv": with_source_column(report, groups)}
     deltas = report.deltas()
     if deltas is not None:
-        tables["deltas_csv"] = with_source_column(report, deltas)
+        tables["deltas_csv"] = with_source_column(report, long_deltas(report, deltas))
     return tables
+
+
+DELTA_COLUMNS = ["column", "kind", "metric", "delta_pp", "ci_low_pp", "ci_high_pp", "p_value", "test", "p_holm",
+                 "significant"]
+
+
+def long_deltas(report: Report, deltas: pd.DataFrame) -> pd.DataFrame:
+    """Return one row per (row other than the baseline, benchmark / group / mean column): the delta in pp and,
+    for a benchmark with sidecars on both sides, the paired interval (pp), p-value, test and Holm p-value."""
+    rows, index = [], []
+    for row in deltas.index:
+        if row == report.baseline:
+            continue
+        for column in deltas.columns:
+            kind = "benchmark" if column in report.benchmarks else ("mean" if column == MEAN_COLUMN else "group")
+            d = report.difference(row, column) if kind == "benchmark" else None
+            rows.append([column, kind, report.main_metrics.get(column, "") if kind == "benchmark" else "",
+                         deltas.at[row, column], *((100 * d.low, 100 * d.high, d.p_value, d.test, d.p_holm,
+                                                    d.significant) if d else (None,) * 6)])
+            index.append(row)
+    return pd.DataFrame(rows, index=pd.Index(index, name="model"), columns=DELTA_COLUMNS)
+
+
+def results_with_intervals(report: Report) -> pd.DataFrame:
+    """Return results.csv: every metric of the records, with ci_low / ci_high and how they were computed where
+    an interval exists (the main metrics, and those asked for)."""
+    table = results_table(report.records)
+    found = report.bootstrap.intervals if report.bootstrap is not None else {}
+    keys = zip(table["model"], table["benchmark"], table["metric"])
+    intervals = [found.get(key) for key in keys]
+    table["ci_low"] = [i.low if i else None for i in intervals]
+    table["ci_high"] = [i.high if i else None for i in intervals]
+    table["ci_method"] = [i.method if i else None for i in intervals]
+    table["ci_level"] = [i.level if i else None for i in intervals]
+    table["ci_resamples"] = pd.array([i.resamples if i else None for i in intervals], dtype="Int64")
+    table["ci_seed"] = pd.array([i.seed if i else None for i in intervals], dtype="Int64")
+    return table
 
 
 def write_reports(output: Path, model_order: Sequence[str] | None = None,
                   benchmark_order: Sequence[str] | None = None, baseline: str | None = None,
                   formats: Sequence[str] = FORMATS, published=(), strict: bool = False,
-                  warn: Callable[[str], None] = warn_stderr) -> dict[str, Path]:
+                  warn: Callable[[str], None] = warn_stderr,
+                  intervals: IntervalSettings | None = None) -> dict[str, Path]:
     """Build the report from the records under output and write the asked formats there; returns {kind: path}.
+
+    Intervals (and, with a baseline, paired tests) are recomputed from the records' sidecars under the
+    given settings (default: 1,000 resamples, 95%, seed 0; resamples 0 switches them off).
 
     A stale deltas.csv is removed when no baseline is given, so no file contradicts the others.
     """
     output = Path(output)
     records = load_result_records(output, strict=strict, warn=warn)
     report = build_report(records, model_order, benchmark_order, baseline, published, warn)
+    report.bootstrap = bootstrap_folder(output, records, intervals or IntervalSettings(), baseline)
     written: dict[str, Path] = {}
 
     def put(key: str, text: str) -> None:
@@ -76,7 +121,7 @@ def write_reports(output: Path, model_order: Sequence[str] | None = None,
         atomic_write_text(written[key], text)
 
     if "csv" in formats:
-        put("results_csv", results_table(records).to_csv(index=False, float_format="%.6f"))
+        put("results_csv", results_with_intervals(report).to_csv(index=False, float_format="%.6f"))
         for key, table in csv_tables(report).items():
             put(key, table.to_csv(float_format="%.4f"))
         if baseline is None:

@@ -25,6 +25,7 @@ from silc_eval.core.contract import Metric, Outcome, Task
 from silc_eval.core.errors import UserError
 from silc_eval.core.log import note
 from silc_eval.core.params import boolean, choice, custom, int_list, integer, number
+from silc_eval.core.resampling import UnitStatistics, ratio
 from silc_eval.features import encode_images
 from silc_eval.machinery import probes as pt
 
@@ -142,6 +143,25 @@ def score(samples: Mapping[str, np.ndarray], params: Mapping) -> dict[str, float
     return metrics
 
 
+def unit_statistics(samples: Mapping[str, np.ndarray], params: Mapping | None = None) -> UnitStatistics:
+    """Return the per-image, per-seed UnitStatistics of the outcomes: 1 and, per shot setting, whether the
+    seed's probe got the image right; a resample's acc1_<shot>_mean is the mean over (drawn) seeds of the
+    accuracies, as score computes it. The _std spreads get no interval."""
+    target, predictions = np.asarray(samples["target"]), np.asarray(samples["predictions"])
+    names = [f"acc1_{shot_name(shot if shot == 'full' else int(shot))}_mean" for shot in samples["shots"]]
+    not_run = [(per_seed == NOT_RUN).all() for per_seed in predictions]
+    correct = (predictions == target[None, None]).astype(np.float64)  # (shots, seeds, N)
+    values = np.concatenate([np.ones((1,) + correct.shape[1:]), correct]).transpose(2, 1, 0)  # (N, S, 1 + shots)
+
+    def reduce(sums: np.ndarray) -> dict[str, np.ndarray]:
+        return {name: np.full(sums.shape[:2], math.nan) if skipped else ratio(sums[..., 1 + i], sums[..., 0])
+                for i, (name, skipped) in enumerate(zip(names, not_run))}
+
+    binary = ({name: correct[i, 0] > 0 for i, (name, skipped) in enumerate(zip(names, not_run)) if not skipped}
+              if correct.shape[1] == 1 else {})
+    return UnitStatistics(values, reduce, binary)
+
+
 def probe_metrics(x_tr, y_tr, x_te, y_te, num_classes: int, params: Mapping) -> dict[str, float]:
     """Return acc1_<shot>_mean / _std of every shot setting on precomputed features (score of their outcomes)."""
     return score(probe_outcomes(x_tr, y_tr, x_te, y_te, num_classes, params), params)
@@ -168,5 +188,5 @@ TASK = Task(
     name="linear_probe", version=1, params=PARAMS, splits=("train", "eval"),
     formats=("imagefolder",), data_kind="classification",
     metrics=(Metric("acc1_{shot}_mean"), Metric("acc1_{shot}_std", "none")),
-    evaluate=evaluate, score=score,
+    evaluate=evaluate, score=score, unit_statistics=unit_statistics,
     description="logistic-regression probe (CLIP_benchmark) or ridge few-shot (big_vision) on frozen features")

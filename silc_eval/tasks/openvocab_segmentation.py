@@ -13,7 +13,9 @@ Splits: within one dataset, `unseen_classes` names the held-out classes; when th
 declaration's `train` block has its own classes (cross-dataset transfer), every training
 class is seen and each evaluation class whose first name is not a training class name
 is unseen. Metrics: mIoU over all classes, mIoU_seen, mIoU_unseen, hIoU = 2SU/(S+U).
-Per-sample outcomes: per image and class the four pixel counts, and which classes are unseen.
+One decoder is trained per seed (`seeds`); the metrics are their mean, each seed's and their spread.
+Per-sample outcomes: per seed, image and class the four pixel counts, and which classes are unseen.
+Version 2: `seeds` (a list) replaces `seed`; the loss is computed by matrix products (same value).
 """
 
 from __future__ import annotations
@@ -31,10 +33,13 @@ from silc_eval.core.params import choice, integer, number, str_list
 from silc_eval.machinery import heads
 from silc_eval.machinery.prompts import class_embeddings
 from silc_eval.machinery.segmentation_metrics import (
+    SEED_METRICS,
     SEGMENTATION_METRICS,
-    counts_samples,
     per_class_metrics,
     scores_from_counts,
+    seeded_counts_samples,
+    seeded_score,
+    segmentation_unit_statistics,
 )
 from silc_eval.models.dense import VARIANTS
 
@@ -137,11 +142,14 @@ def _nanmean(values: np.ndarray) -> float | None:
 
 def score(samples: Mapping[str, np.ndarray], params: Mapping | None = None) -> dict[str, float | None]:
     """Return hIoU, mIoU_seen, mIoU_unseen, mIoU, mAcc, aAcc and IoU.<class> (None where undefined) from
-    per-image counts and the unseen mask.
+    per-image counts and the unseen mask (with per-seed counts: their mean over seeds, each seed's and their
+    spread, see seeded_score).
 
     mIoU_seen / mIoU_unseen are NaN-means of the per-class IoU over each subset; hIoU is
     their harmonic mean 2SU/(S+U) (0 when both are 0, None when either is None).
     """
+    if np.asarray(samples["intersect"]).ndim == 3:
+        return seeded_score(samples, score)
     scores = scores_from_counts(samples)
     iou, unseen = np.array(scores["per_class_iou"], dtype=np.float64), np.asarray(samples["unseen"], dtype=bool)
     seen_mean, unseen_mean = _nanmean(iou[~unseen]), _nanmean(iou[unseen])
@@ -154,40 +162,45 @@ def score(samples: Mapping[str, np.ndarray], params: Mapping | None = None) -> d
 
 
 def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
-    """Return the Outcome of a decoder trained on the seen classes of data['train'], evaluated on data['eval']."""
+    """Return the Outcome of one decoder per seed trained on the seen classes of data['train'], evaluated on
+    data['eval']."""
     train, dataset = data["train"], data["eval"]
     split = split_classes(dataset.classes, train.classes, params["unseen_classes"])
     device, amp = model.device, params["amp"]
+    feature = f"dense:{params['variant']}"
 
     def feature_fn(windows: torch.Tensor) -> torch.Tensor:
         return model.dense_features(windows, params["variant"])
 
-    cache = heads.cache_features(model, train, feature_fn, params, progress)
+    cache = heads.cache_features(model, train, feature_fn, feature, params, progress)
     cache.labels = seen_labels(cache.labels, split)
     seen_classes = [train.classes[i] for i in split.seen_train_ids]
     text_names = [names[0] for names in seen_classes]
     unseen_names = [dataset.class_names[i] for i in split.unseen_eval_ids]
     train_text = class_embeddings(model, seen_classes, train.templates, amp).to(device)
-    decoder = heads.seeded_module(params["seed"], lambda: heads.OpenVocabDecoder(
-        cache.features.shape[-1], params["hidden_dim"], params["layers"], params["decoder"],
-        params["temperature"])).to(device)
-    heads.train_head(decoder, cache,
-                     lambda head, features, labels: training_step(head, features, labels, train_text, text_names,
-                                                                  unseen_names),
-                     params, device, progress)
     eval_text = class_embeddings(model, dataset.classes, dataset.templates, amp).to(device)
     offsets = torch.zeros(dataset.num_classes, device=device)
     offsets[list(split.seen_eval_ids)] = float(params["seen_calibration"])
-    window_fn = heads.frozen_window_fn(
-        model, feature_fn, lambda features: decoder(features, eval_text) - offsets[:, None, None], amp)
-    meter = heads.evaluate_head(model, dataset, window_fn, params, progress, desc="open-vocabulary segmentation")
-    samples = counts_samples(meter, dataset.class_names)
+    decoders = []
+    for seed in params["seeds"]:
+        decoder = heads.seeded_module(seed, lambda: heads.OpenVocabDecoder(
+            cache.features.shape[-1], params["hidden_dim"], params["layers"], params["decoder"],
+            params["temperature"])).to(device)
+        heads.train_head(decoder, cache,
+                         lambda head, features, labels: training_step(head, features, labels, train_text, text_names,
+                                                                      unseen_names),
+                         params, device, seed, progress)
+        decoders.append(heads.with_float_input(
+            lambda features, decoder=decoder: decoder(features, eval_text) - offsets[:, None, None]))
+    meters = heads.evaluate_heads(model, dataset, feature_fn, feature, decoders, params, progress,
+                                  desc="open-vocabulary segmentation")
+    samples = seeded_counts_samples(meters, dataset.class_names, params["seeds"])
     samples["unseen"] = np.isin(np.arange(dataset.num_classes), split.unseen_eval_ids)
     return Outcome(score(samples), samples)
 
 
 TASK = Task(
-    name=NAME, version=1, params=PARAMS, splits=("train", "eval"), formats=("mmseg",), data_kind="segmentation",
-    metrics=(Metric("hIoU"), Metric("mIoU_seen"), Metric("mIoU_unseen"), *SEGMENTATION_METRICS),
-    evaluate=evaluate, score=score,
+    name=NAME, version=2, params=PARAMS, splits=("train", "eval"), formats=("mmseg",), data_kind="segmentation",
+    metrics=(Metric("hIoU"), Metric("mIoU_seen"), Metric("mIoU_unseen"), *SEGMENTATION_METRICS, *SEED_METRICS),
+    evaluate=evaluate, score=score, unit_statistics=segmentation_unit_statistics,
     description="light decoder on frozen dense features, trained on seen classes, scored on seen and unseen")

@@ -18,6 +18,7 @@ import torch
 
 from silc_eval.core.contract import Metric, Outcome, Task
 from silc_eval.core.params import boolean, int_list, integer
+from silc_eval.core.resampling import UnitStatistics, ratio
 from silc_eval.features import encode_images, encode_texts
 
 
@@ -91,6 +92,31 @@ def score(samples: Mapping[str, np.ndarray], params: Mapping) -> dict[str, float
     return metrics
 
 
+def unit_statistics(samples: Mapping[str, np.ndarray], params: Mapping | None = None) -> UnitStatistics:
+    """Return the per-image UnitStatistics of the outcomes: a resample draws images and takes their captions
+    with them. Per image: 1, its text-retrieval hit at each k, its number of captions and the sum of its
+    captions' image-retrieval hits at each k; recall@k of a resample is a ratio of sums, as score computes it."""
+    ks = np.asarray(samples["recall_k"]).tolist()
+    text_hits = np.asarray(samples["text_hits"], dtype=np.float64)
+    caption_image, image_hits = np.asarray(samples["caption_image"]), np.asarray(samples["image_hits"])
+    n = len(text_hits)
+    captions = np.bincount(caption_image, minlength=n).astype(np.float64)
+    caption_hits = np.stack([np.bincount(caption_image, weights=image_hits[:, c].astype(np.float64), minlength=n)
+                             for c in range(len(ks))], axis=1).reshape(n, len(ks))
+    values = np.concatenate([np.ones((n, 1)), text_hits, captions[:, None], caption_hits], axis=1)[:, None, :]
+    nk = len(ks)
+
+    def reduce(sums: np.ndarray) -> dict[str, np.ndarray]:
+        metrics = {}
+        for c, k in enumerate(ks):
+            metrics[f"image_retrieval_recall@{k}"] = ratio(sums[..., 2 + nk + c], sums[..., 1 + nk])
+            metrics[f"text_retrieval_recall@{k}"] = ratio(sums[..., 1 + c], sums[..., 0])
+        return metrics
+
+    binary = {f"text_retrieval_recall@{k}": text_hits[:, c] > 0 for c, k in enumerate(ks)}
+    return UnitStatistics(values, reduce, binary)
+
+
 def retrieval_metrics(text_features: torch.Tensor, image_features: torch.Tensor, caption_image_index: torch.Tensor,
                       ks: Sequence[int], chunk_size: int = 4096) -> dict[str, float]:
     """Return image and text retrieval recall@k of normalised features (score of their outcomes)."""
@@ -115,5 +141,5 @@ TASK = Task(
             "recall_k": int_list([1, 5, 10], 1), "chunk_size": integer(4096, 1)},
     splits=("eval",), formats=("karpathy", "coco_captions", "clip_benchmark"), data_kind="retrieval",
     metrics=(Metric("image_retrieval_recall@{k}"), Metric("text_retrieval_recall@{k}")),
-    evaluate=evaluate, score=score,
+    evaluate=evaluate, score=score, unit_statistics=unit_statistics,
     description="image-to-text and text-to-image recall@k")

@@ -16,6 +16,7 @@ import torch
 
 from silc_eval.core.contract import Metric, Outcome, Task
 from silc_eval.core.params import boolean, integer, number
+from silc_eval.core.resampling import UnitStatistics, nanmean, ratio
 from silc_eval.features import encode_images
 from silc_eval.machinery.prompts import ensemble_prompts
 
@@ -37,6 +38,31 @@ def score(samples: Mapping[str, np.ndarray], params: Mapping | None = None) -> d
         "acc5": float(correct[:, :TOP_K].any(axis=1).mean()) if int(samples["num_classes"]) >= TOP_K else math.nan,
         "mean_per_class_recall": mean_per_class_recall(samples["prediction"], target),
     }
+
+
+def unit_statistics(samples: Mapping[str, np.ndarray], params: Mapping | None = None) -> UnitStatistics:
+    """Return the per-image UnitStatistics of the outcomes: count, correct@1, correct@5, then per class the
+    one-hot count and hit (argmax) of the image's target, so a resample's acc1, acc5 and mean per-class
+    recall are computed as score computes them."""
+    from scipy import sparse
+
+    target, top = np.asarray(samples["target"]), np.asarray(samples["top5"])
+    num_classes, n = int(samples["num_classes"]), len(target)
+    correct1, correct5 = top[:, 0] == target, (top[:, :TOP_K] == target[:, None]).any(axis=1)
+    hit = np.asarray(samples["prediction"]) == target
+    rows = np.repeat(np.arange(n), 5)
+    columns = np.stack([np.zeros(n, int), np.ones(n, int), np.full(n, 2), 3 + target, 3 + num_classes + target], 1)
+    data = np.stack([np.ones(n), correct1, correct5, np.ones(n), hit], 1).astype(np.float64)
+    values = sparse.csr_matrix((data.ravel(), (rows, columns.ravel())), shape=(n, 3 + 2 * num_classes))
+
+    def reduce(sums: np.ndarray) -> dict[str, np.ndarray]:
+        count = sums[..., 0]
+        return {"acc1": ratio(sums[..., 1], count),
+                "acc5": ratio(sums[..., 2], count) if num_classes >= TOP_K else np.full(count.shape, math.nan),
+                "mean_per_class_recall": nanmean(ratio(sums[..., 3 + num_classes:], sums[..., 3:3 + num_classes]))}
+
+    binary = {"acc1": correct1, **({"acc5": correct5} if num_classes >= TOP_K else {})}
+    return UnitStatistics(values, reduce, binary, seeds=1)
 
 
 def outcomes(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray]:
@@ -70,5 +96,5 @@ TASK = Task(
             "logit_scale": number(100.0, above=0.0, doc="scales the logits; argmax does not change")},
     splits=("eval",), formats=("imagefolder", "clip_benchmark", "wds"), data_kind="classification",
     metrics=(Metric("acc1"), Metric("acc5"), Metric("mean_per_class_recall")),
-    evaluate=evaluate, score=score,
+    evaluate=evaluate, score=score, unit_statistics=unit_statistics,
     description="zero-shot classification by template-ensembled class prompts")

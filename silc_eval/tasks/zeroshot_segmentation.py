@@ -13,9 +13,15 @@ from __future__ import annotations
 
 from silc_eval.core.contract import Outcome, Task
 from silc_eval.core.params import boolean, choice, integer, number
-from silc_eval.machinery.dense_segmentation import slid_meter, text_window_fn, zeroshot_postprocess
+from silc_eval.machinery.dense_segmentation import cosine_logits, zeroshot_postprocess
 from silc_eval.machinery.prompts import query_embeddings
-from silc_eval.machinery.segmentation_metrics import SEGMENTATION_METRICS, counts_samples, segmentation_score
+from silc_eval.machinery.segmentation_metrics import (
+    SEGMENTATION_METRICS,
+    counts_samples,
+    segmentation_score,
+    segmentation_unit_statistics,
+)
+from silc_eval.machinery.window_features import slid_meters, window_features
 from silc_eval.models.dense import VARIANTS
 
 
@@ -23,9 +29,13 @@ def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
     """Return the zero-shot segmentation Outcome of model on data['eval'] (a SegmentationDataset)."""
     dataset = data["eval"]
     text, query_class = query_embeddings(model, dataset.classes, dataset.templates, amp=params["amp"])
-    window_fn = text_window_fn(model, text, params["variant"], params["amp"])
+    text = text.to(model.device)
+    variant = params["variant"]
+    features = window_features(model, dataset, lambda windows: model.dense_features(windows, variant),
+                               f"dense:{variant}", params, "eval", progress, desc="zero-shot segmentation")
     postprocess = zeroshot_postprocess(query_class, dataset.num_classes, params)
-    meter = slid_meter(model, dataset, window_fn, postprocess, params, progress, desc="zero-shot segmentation")
+    (meter,) = slid_meters(features, dataset, [lambda feats: cosine_logits(feats, text)], postprocess, params,
+                           model.device, progress, desc="zero-shot segmentation")
     samples = counts_samples(meter, dataset.class_names)
     return Outcome(segmentation_score(samples), samples)
 
@@ -38,5 +48,5 @@ TASK = Task(
             "area_thd": number(None, minimum=0.0, maximum=1.0, nullable=True),
             "batch_size": integer(32, 1), "num_workers": integer(0, 0), "amp": boolean(False)},
     splits=("eval",), formats=("mmseg",), data_kind="segmentation", metrics=SEGMENTATION_METRICS,
-    evaluate=evaluate, score=segmentation_score,
+    evaluate=evaluate, score=segmentation_score, unit_statistics=segmentation_unit_statistics,
     description="training-free dense CLIP segmentation (vanilla, MaskCLIP, SCLIP, ClearCLIP, NACLIP)")

@@ -1,0 +1,182 @@
+"""Frozen features of every sliding window of a segmentation split, computed once and read by any head.
+
+A dense task is a frozen backbone (model.dense_features or model.patch_tokens) followed by
+something cheap: a text matrix (zero-shot), a linear probe or a small decoder (trained
+heads, several seeds). The backbone's features of the evaluation windows are therefore
+computed once per (model, feature, dataset, window geometry, precision), kept in the feature
+cache on disk (features/cache.py), and every head (every seed) is slid over them:
+
+- window_features: the features of every window of this rank's images, from the cache or
+  computed (windows of one shape batched across images, exactly as slide_logits batches);
+- slid_meters: per head a SegmentationMeter of postprocess(window-averaged head logits), over
+  the labels only (on a cache hit no image is decoded); the images come back in dataset
+  order on every rank.
+
+The geometry is mmseg's slide inference (windows.py); features are float32, so sliding a head
+over cached features gives the logits sliding it over the images would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Subset
+from tqdm import tqdm
+
+from silc_eval.core import distributed
+from silc_eval.features import OrderedLoader, autocast_context
+from silc_eval.features import cache as feature_cache
+from silc_eval.machinery.segmentation_metrics import SegmentationMeter
+from silc_eval.machinery.windows import (
+    Box,
+    normalization_tensors,
+    prepare_image,
+    short_side_size,
+    slide_boxes,
+    window_chunks,
+)
+
+FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # windows (N, 3, h, w) -> features (N, gh, gw, D)
+HeadFn = Callable[[torch.Tensor], torch.Tensor]  # features (n, gh, gw, D) float32 -> logits (n, Q, gh, gw)
+GEOMETRY = ("short_side", "window", "stride")
+
+
+@dataclass
+class WindowFeatures:
+    """Per image of a shard, {box: float32 features (gh, gw, D)} of each of its windows (CPU)."""
+
+    per_image: list[dict[Box, torch.Tensor]]
+
+    def __len__(self) -> int:
+        return len(self.per_image)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Return the flat arrays the cache stores: features, per-window (box, shape) and per-image window counts."""
+        windows = [(box, tensor) for boxes in self.per_image for box, tensor in boxes.items()]
+        flat = [tensor.reshape(-1) for _, tensor in windows]
+        return {
+            "features": torch.cat(flat).numpy() if flat else np.zeros(0, np.float32),
+            "windows": np.array([[*box, *tensor.shape] for box, tensor in windows], dtype=np.int64).reshape(-1, 7),
+            "counts": np.array([len(boxes) for boxes in self.per_image], dtype=np.int64),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "WindowFeatures":
+        """Return the WindowFeatures stored as to_arrays wrote them."""
+        flat = torch.from_numpy(np.ascontiguousarray(arrays["features"]))
+        rows = arrays["windows"].tolist()
+        sizes = [gh * gw * dim for *_, gh, gw, dim in rows]
+        pieces = torch.split(flat, sizes) if rows else []
+        per_image, position = [], 0
+        for count in arrays["counts"].tolist():
+            boxes = {}
+            for (t, b, l, r, gh, gw, dim), piece in zip(rows[position:position + count],
+                                                         pieces[position:position + count]):
+                boxes[(t, b, l, r)] = piece.view(gh, gw, dim)
+            per_image.append(boxes)
+            position += count
+        return cls(per_image)
+
+
+def prepared_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """Return the (height, width) prepare_image gives an image of this size."""
+    return short_side_size(height, width, short_side) if short_side else (height, width)
+
+
+def _as_list(items: list) -> list:
+    return items
+
+
+class _Labels(Dataset):
+    """View of a segmentation dataset (or a Subset of one) yielding (None, label, index); a dataset with a
+    label(index) method (SegmentationDataset) decodes no image."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        base, position = self.dataset, index
+        while isinstance(base, Subset):
+            base, position = base.dataset, base.indices[position]
+        if hasattr(base, "label"):
+            return None, base.label(position), index
+        return None, base[position][1], index
+
+
+def _batches(dataset, images_per_step: int, num_workers: int, labels_only: bool) -> OrderedLoader:
+    return OrderedLoader(_Labels(dataset) if labels_only else dataset, images_per_step, num_workers,
+                         collate_fn=_as_list)
+
+
+def _compute(model, shard, feature_fn: FeatureFn, params: dict, progress: bool, desc: str) -> WindowFeatures:
+    mean, std = normalization_tensors(model)
+    per_image: list[dict[Box, torch.Tensor]] = []
+    for items in tqdm(_batches(shard, images_per_step(params), params["num_workers"], labels_only=False),
+                      disable=not progress, desc=f"{desc} features", leave=False):
+        images = [prepare_image(image.to(model.device), params["short_side"], mean, std) for image, _, _ in items]
+        boxes: list[dict[Box, torch.Tensor]] = [{} for _ in images]
+        for _, chunk in window_chunks([tuple(image.shape[-2:]) for image in images], params["window"],
+                                      params["stride"], params["batch_size"]):
+            windows = torch.stack([images[i][:, t:b, l:r] for i, (t, b, l, r) in chunk])
+            with torch.inference_mode(), autocast_context(model.device, params["amp"]):
+                features = feature_fn(windows).float().cpu()
+            for (i, box), one in zip(chunk, features):
+                boxes[i][box] = one.clone()
+        per_image += boxes
+    return WindowFeatures(per_image)
+
+
+def images_per_step(params: dict) -> int:
+    """Return how many images one step of sliding takes (a quarter of the window batch, at least one)."""
+    return max(1, params["batch_size"] // 4)
+
+
+def window_features(model, dataset, feature_fn: FeatureFn, feature_name: str, params: dict, split: str = "eval",
+                    progress: bool = True, desc: str = "segmentation") -> WindowFeatures:
+    """Return the WindowFeatures of this rank's shard of dataset (all of it without torchrun), cached on disk.
+
+    feature_name identifies feature_fn in the cache key (e.g. 'patch_tokens', 'dense:sclip').
+    """
+    shard = distributed.shard_dataset(dataset, images_per_step(params))
+    parts = feature_cache.window_key_parts(
+        model, dataset, split, feature_name, {name: params[name] for name in GEOMETRY},
+        "amp" if params["amp"] else "fp32", (distributed.rank(), distributed.world_size()))
+    arrays = feature_cache.cached_arrays(
+        parts, lambda: _compute(model, shard, feature_fn, params, progress, desc).to_arrays())
+    return WindowFeatures.from_arrays(arrays)
+
+
+def slid_meters(features: WindowFeatures, dataset, heads: Sequence[HeadFn], postprocess: Callable,
+                params: dict, device="cpu", progress: bool = True, desc: str = "segmentation") -> list[SegmentationMeter]:
+    """Return per head the SegmentationMeter of postprocess(window-averaged logits) over every image of dataset.
+
+    features are window_features of the same dataset and params (this rank's shard); each head
+    maps features (n, gh, gw, D) to patch logits (n, Q, gh, gw), is slid and averaged like
+    slide_logits, upsampled to the label's size and post-processed into a class map.
+    """
+    meters = [SegmentationMeter(dataset.num_classes, dataset.ignore_index) for _ in heads]
+    shard = distributed.shard_dataset(dataset, images_per_step(params))
+    done = 0
+    for items in tqdm(_batches(shard, images_per_step(params), params["num_workers"], labels_only=True),
+                      disable=not progress, desc=desc, leave=False):
+        labels = [label for _, label, _ in items]
+        sizes = [prepared_size(*label.shape[-2:], params["short_side"]) for label in labels]
+        stored = features.per_image[done:done + len(items)]
+        done += len(items)
+        for head, meter in zip(heads, meters):
+            def logits_fn(chunk: Sequence[tuple[int, Box]]) -> torch.Tensor:
+                batch = torch.stack([stored[i][box] for i, box in chunk]).to(device)
+                with torch.inference_mode():
+                    return head(batch)
+
+            logits = slide_boxes(sizes, logits_fn, params["window"], params["stride"], params["batch_size"],
+                                 [tuple(label.shape[-2:]) for label in labels], device)
+            for image_logits, label in zip(logits, labels):
+                meter.update(postprocess(image_logits).cpu(), label)
+    return [meter.gather(len(dataset)) for meter in meters]
