@@ -46,14 +46,17 @@ def main() -> None:
     parser.add_argument("--models", default="clip-vit-tiny-synth,silc-vit-tiny-synth")
     parser.add_argument("--steps", default="100,200,500")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--lrs", default="", help="learning rates to try (default: the benchmark's)")
+    parser.add_argument("--benchmarks", default=",".join(BENCHMARKS))
     parser.add_argument("--held-out", type=float, default=0.25, help="fraction of the training scenes held out")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = ["| benchmark | model | steps | held-out main metric (mean ± sd over seeds) | per seed | s per head |",
-            "|---|---|---:|---:|---|---:|"]
-    for benchmark in resolve_benchmarks(list(BENCHMARKS)):
+    rows = ["| benchmark | model | steps | lr | held-out main metric (mean ± sd over seeds) | per seed | s per head |",
+            "|---|---|---:|---:|---:|---|---:|"]
+    for benchmark in resolve_benchmarks(args.benchmarks.split(",")):
+        rates = [float(r) for r in args.lrs.split(",")] if args.lrs else [benchmark.protocol()["lr"]]
         task = benchmark.task_spec
         for model_spec in args.models.split(","):
             model = load_model(model_spec, "cpu")
@@ -62,13 +65,13 @@ def main() -> None:
             order = torch.randperm(len(train), generator=torch.Generator().manual_seed(1234)).tolist()
             cut = int(len(train) * args.held_out)
             data = {"train": part(train, sorted(order[cut:]), "fit"), "eval": part(train, sorted(order[:cut]), "held")}
-            for budget in steps:
-                params = benchmark.protocol() | {"steps": budget, "seeds": seeds}
+            for budget, lr in [(b, r) for b in steps for r in rates]:
+                params = benchmark.protocol() | {"steps": budget, "seeds": seeds, "lr": lr}
                 started = time.perf_counter()
                 metrics = task.evaluate(model, data, params, progress=False).metrics
                 seconds = (time.perf_counter() - started) / len(seeds)
                 values = [metrics[f"{benchmark.main_metric}_seed{s}"] for s in seeds]
-                line = (f"| {benchmark.name} | {model_spec} | {budget} | {100 * statistics.mean(values):.2f} ± "
+                line = (f"| {benchmark.name} | {model_spec} | {budget} | {lr:g} | {100 * statistics.mean(values):.2f} ± "
                         f"{100 * statistics.stdev(values):.2f} | {', '.join(f'{100 * v:.2f}' for v in values)} | "
                         f"{seconds:.1f} |")
                 print(line, flush=True)
