@@ -160,6 +160,7 @@ def test_every_record_is_recomputed_exactly_from_its_sidecar(suite_run):
     # Every task of `all` (classification, probes, retrieval, the three segmentation tasks): the metrics of a
     # record come back bit for bit from its per-sample sidecar, without a model; and the sidecars stay small.
     from silc_eval.core.records import read_samples, sidecar_path
+    from silc_eval.core.resampling import bootstrap_interval
 
     tasks_seen, sidecar_bytes = set(), 0
     for path in sorted((suite_run / "records").glob("*/*.json")):
@@ -171,7 +172,14 @@ def test_every_record_is_recomputed_exactly_from_its_sidecar(suite_run):
             again = recomputed[name]
             assert (value is None and again is None) or (value is not None and math.isnan(value) and math.isnan(again)) \
                 or value == again, (path.name, name, value, again)
-        assert record["metric_directions"][record["benchmark"]["main_metric"]] == "higher"
+        main = record["benchmark"]["main_metric"]
+        assert record["metric_directions"][main] == "higher"
+        # The record's interval of its main metric is the bootstrap of its own sidecar (defaults: 1,000, 95%).
+        task = TASKS[record["benchmark"]["task"]]
+        interval = bootstrap_interval(task.unit_statistics(samples, record["protocol"]), main)
+        assert record["intervals"][main] == {"low": interval.low, "high": interval.high, "method": interval.method,
+                                             "level": 0.95, "resamples": 1000, "seed": 0, "unit": "image"}, path
+        assert interval.low < interval.high and interval.value == pytest.approx(record["metrics"][main], abs=1e-12)
         tasks_seen.add(record["benchmark"]["task"])
         sidecar_bytes += sidecar_path(path).stat().st_size
     assert tasks_seen == set(TASKS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -149,3 +150,28 @@ def test_window_loss_without_valid_pixels_is_zero():
     loss = window_loss(logits, torch.full((2, 16, 16), 255))
     loss.backward()
     assert float(loss.detach()) == 0.0 and logits.grad.abs().max() == 0
+
+
+def window_entries(fingerprint: str) -> list:
+    """Return the metadata files of cached window features of a dataset fingerprint."""
+    found = []
+    for meta in feature_cache.features_dir().glob("*.json"):
+        parts = json.loads(meta.read_text())["key_parts"]
+        if parts.get("kind") == "windows" and parts["dataset_fingerprint"] == fingerprint:
+            found.append(meta)
+    return found
+
+
+def test_features_over_the_memory_limit_are_streamed_and_give_the_same_outcome(tiny_model, monkeypatch):
+    dataset, params = ImagesInMemory(seed=5), zeroshot_params("sclip")
+    task = TASKS["zeroshot_segmentation"]
+    with feature_cache.switched_off():
+        held = task.evaluate(tiny_model, {"eval": dataset}, params, progress=False)
+    monkeypatch.setenv("SILC_EVAL_WINDOW_FEATURES_MAX_GB", "1e-9")
+    streamed = task.evaluate(tiny_model, {"eval": dataset}, params, progress=False)
+    assert window_entries(dataset.fingerprint) == []  # streamed, nothing kept
+    assert held.metrics == streamed.metrics
+    assert all(np.array_equal(held.samples[k], streamed.samples[k]) for k in held.samples)
+    monkeypatch.delenv("SILC_EVAL_WINDOW_FEATURES_MAX_GB")
+    task.evaluate(tiny_model, {"eval": dataset}, params, progress=False)
+    assert len(window_entries(dataset.fingerprint)) == 1

@@ -12,6 +12,10 @@ import yaml
 
 from silc_eval.core.errors import UserError
 
+# libyaml's loader when PyYAML was built with it (about 10x faster on the zoo cards), else the pure-Python one;
+# both build the same safe types.
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 def load_yaml(path: Path) -> Any:
     """Return the parsed YAML document at path; an unreadable file or invalid YAML is a UserError naming it."""
@@ -23,7 +27,7 @@ def load_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: could not be read ({exc.__class__.__name__}: {exc})") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=SAFE_LOADER)
     except yaml.YAMLError as exc:
         raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
 

@@ -3,11 +3,13 @@ per-sample sidecar they can be recomputed from (core/records.py holds the paths 
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 from silc_eval import __version__
+from silc_eval.core import resampling
 from silc_eval.core.io import atomic_write_json
 from silc_eval.core.provenance import git_commit, machine_description, package_versions
 from silc_eval.core.records import RECORD_SCHEMA, record_path, write_samples
@@ -30,11 +32,27 @@ def make_record(model, benchmark, evaluation, device: str) -> dict[str, Any]:
         "protocol": evaluation.protocol,
         "metrics": metrics,
         "metric_directions": {name: task.direction(name) or "higher" for name in metrics},
+        "intervals": main_metric_interval(task, benchmark.main_metric, evaluation),
         "samples": None,
         "provenance": {"silc_eval_version": __version__, "git_commit": git_commit(), "packages": package_versions(),
                        "machine": machine_description(device), "wall_time_s": round(evaluation.wall_time_s, 3),
                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
+
+
+def main_metric_interval(task, metric: str, evaluation) -> dict[str, dict[str, Any]]:
+    """Return {metric: its percentile-bootstrap interval over images (core/resampling.py defaults) with the
+    method, level, resamples and seed}, or {} when the task gives no unit statistics or the metric is
+    undefined. `silc-eval report` recomputes intervals from the sidecar with any settings."""
+    if task.unit_statistics is None or evaluation.outcome.metrics.get(metric) is None:
+        return {}
+    stats = task.unit_statistics(evaluation.outcome.samples, evaluation.protocol)
+    interval = resampling.bootstrap_interval(stats, metric)
+    if math.isnan(interval.low):
+        return {}
+    return {metric: {"low": interval.low, "high": interval.high, "method": interval.method,
+                     "level": interval.level, "resamples": interval.resamples, "seed": interval.seed,
+                     "unit": "image"}}
 
 
 def write_record(output: Path, record: dict[str, Any], samples) -> Path:

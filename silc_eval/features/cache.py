@@ -289,8 +289,10 @@ def cached_sharded(parts: dict[str, Any], compute: Callable[[], np.ndarray]) -> 
     return array
 
 
-def cached_arrays(parts: dict[str, Any] | None, compute: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Return the cached named arrays for key parts, or compute(), store and return them.
+def cached_arrays(parts: dict[str, Any] | None,
+                  compute: Callable[[], dict[str, np.ndarray] | None]) -> dict[str, np.ndarray] | None:
+    """Return the cached named arrays for key parts, or compute(), store and return them (compute() may give
+    None: nothing to keep, nothing stored).
 
     parts None (not cacheable) or the cache switched off: compute() every time, nothing stored.
     This process alone reads and writes the entry: under torchrun, callers either put the shard
@@ -305,6 +307,8 @@ def cached_arrays(parts: dict[str, Any] | None, compute: Callable[[], dict[str, 
         return arrays
     STATS["misses"] += 1
     arrays = compute()
+    if arrays is None:
+        return None
     try:
         store_arrays(key, parts, arrays)
     except OSError as exc:

@@ -18,8 +18,9 @@ over cached features gives the logits sliding it over the images would.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +28,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm import tqdm
 
 from silc_eval.core import distributed
+from silc_eval.core.log import note
 from silc_eval.features import OrderedLoader, autocast_context
 from silc_eval.features import cache as feature_cache
 from silc_eval.machinery.segmentation_metrics import SegmentationMeter
@@ -42,6 +44,8 @@ from silc_eval.machinery.windows import (
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # windows (N, 3, h, w) -> features (N, gh, gw, D)
 HeadFn = Callable[[torch.Tensor], torch.Tensor]  # features (n, gh, gw, D) float32 -> logits (n, Q, gh, gw)
 GEOMETRY = ("short_side", "window", "stride")
+LIMIT_ENV = "SILC_EVAL_WINDOW_FEATURES_MAX_GB"
+DEFAULT_LIMIT_GB = 4.0
 
 
 @dataclass
@@ -62,6 +66,14 @@ class WindowFeatures:
             "windows": np.array([[*box, *tensor.shape] for box, tensor in windows], dtype=np.int64).reshape(-1, 7),
             "counts": np.array([len(boxes) for boxes in self.per_image], dtype=np.int64),
         }
+
+    def batches(self, shard, params: dict, progress: bool, desc: str) -> Iterator:
+        """Yield (labels, per-image {box: features}) of shard's images in order; only label maps are read."""
+        done = 0
+        for items in tqdm(_batches(shard, images_per_step(params), params["num_workers"], labels_only=True),
+                          disable=not progress, desc=desc, leave=False):
+            yield [label for _, label, _ in items], self.per_image[done:done + len(items)]
+            done += len(items)
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> "WindowFeatures":
@@ -114,22 +126,20 @@ def _batches(dataset, images_per_step: int, num_workers: int, labels_only: bool)
                          collate_fn=_as_list)
 
 
-def _compute(model, shard, feature_fn: FeatureFn, params: dict, progress: bool, desc: str) -> WindowFeatures:
+def batch_features(model, images: Sequence[torch.Tensor], feature_fn: FeatureFn,
+                   params: dict) -> list[dict[Box, torch.Tensor]]:
+    """Return per uint8 image (3, H, W) {box: float32 CPU features (gh, gw, D)} of each of its windows."""
     mean, std = normalization_tensors(model)
-    per_image: list[dict[Box, torch.Tensor]] = []
-    for items in tqdm(_batches(shard, images_per_step(params), params["num_workers"], labels_only=False),
-                      disable=not progress, desc=f"{desc} features", leave=False):
-        images = [prepare_image(image.to(model.device), params["short_side"], mean, std) for image, _, _ in items]
-        boxes: list[dict[Box, torch.Tensor]] = [{} for _ in images]
-        for _, chunk in window_chunks([tuple(image.shape[-2:]) for image in images], params["window"],
-                                      params["stride"], params["batch_size"]):
-            windows = torch.stack([images[i][:, t:b, l:r] for i, (t, b, l, r) in chunk])
-            with torch.inference_mode(), autocast_context(model.device, params["amp"]):
-                features = feature_fn(windows).float().cpu()
-            for (i, box), one in zip(chunk, features):
-                boxes[i][box] = one.clone()
-        per_image += boxes
-    return WindowFeatures(per_image)
+    prepared = [prepare_image(image.to(model.device), params["short_side"], mean, std) for image in images]
+    boxes: list[dict[Box, torch.Tensor]] = [{} for _ in prepared]
+    for _, chunk in window_chunks([tuple(image.shape[-2:]) for image in prepared], params["window"],
+                                  params["stride"], params["batch_size"]):
+        windows = torch.stack([prepared[i][:, t:b, l:r] for i, (t, b, l, r) in chunk])
+        with torch.inference_mode(), autocast_context(model.device, params["amp"]):
+            features = feature_fn(windows).float().cpu()
+        for (i, box), one in zip(chunk, features):
+            boxes[i][box] = one.clone()
+    return boxes
 
 
 def images_per_step(params: dict) -> int:
@@ -137,9 +147,49 @@ def images_per_step(params: dict) -> int:
     return max(1, params["batch_size"] // 4)
 
 
+def memory_limit_bytes() -> int:
+    """Return how many bytes of window features a split may hold in memory (and in the cache):
+    $SILC_EVAL_WINDOW_FEATURES_MAX_GB gigabytes, 4 by default."""
+    return int(float(os.environ.get(LIMIT_ENV, DEFAULT_LIMIT_GB)) * 1e9)
+
+
+@dataclass
+class StreamedWindows:
+    """Window features computed batch by batch while sliding (a split too large to hold): nothing is kept."""
+
+    model: object
+    feature_fn: FeatureFn
+
+    def batches(self, shard, params: dict, progress: bool, desc: str) -> Iterator:
+        """Yield (labels, per-image {box: features}) of shard's images in order, computing the features."""
+        for items in tqdm(_batches(shard, images_per_step(params), params["num_workers"], labels_only=False),
+                          disable=not progress, desc=desc, leave=False):
+            images = [image for image, _, _ in items]
+            yield [label for _, label, _ in items], batch_features(self.model, images, self.feature_fn, params)
+
+
+def _compute(model, shard, feature_fn: FeatureFn, params: dict, progress: bool,
+             desc: str) -> WindowFeatures | StreamedWindows:
+    """Return the WindowFeatures of shard, or StreamedWindows when the first batch says they would exceed
+    memory_limit_bytes()."""
+    per_image: list[dict[Box, torch.Tensor]] = []
+    limit = memory_limit_bytes()
+    for items in tqdm(_batches(shard, images_per_step(params), params["num_workers"], labels_only=False),
+                      disable=not progress, desc=f"{desc} features", leave=False):
+        per_image += batch_features(model, [image for image, _, _ in items], feature_fn, params)
+        held = sum(t.numel() * 4 for boxes in per_image for t in boxes.values())
+        if held / len(per_image) * len(shard) > limit:
+            note(f"window features of {len(shard)} images would take about "
+                 f"{held / len(per_image) * len(shard) / 1e9:.1f} GB (over ${LIMIT_ENV} = {limit / 1e9:g} GB): "
+                 f"computed batch by batch while sliding, not cached")
+            return StreamedWindows(model, feature_fn)
+    return WindowFeatures(per_image)
+
+
 def window_features(model, dataset, feature_fn: FeatureFn, feature_name: str, params: dict, split: str = "eval",
-                    progress: bool = True, desc: str = "segmentation") -> WindowFeatures:
-    """Return the WindowFeatures of this rank's shard of dataset (all of it without torchrun), cached on disk.
+                    progress: bool = True, desc: str = "segmentation") -> WindowFeatures | StreamedWindows:
+    """Return the window features of this rank's shard of dataset (all of it without torchrun): WindowFeatures
+    from the disk cache or computed (and stored), or StreamedWindows when they would not fit in memory.
 
     feature_name identifies feature_fn in the cache key (e.g. 'patch_tokens', 'dense:sclip').
     """
@@ -147,12 +197,20 @@ def window_features(model, dataset, feature_fn: FeatureFn, feature_name: str, pa
     parts = feature_cache.window_key_parts(
         model, dataset, split, feature_name, {name: params[name] for name in GEOMETRY},
         "amp" if params["amp"] else "fp32", (distributed.rank(), distributed.world_size()))
-    arrays = feature_cache.cached_arrays(
-        parts, lambda: _compute(model, shard, feature_fn, params, progress, desc).to_arrays())
-    return WindowFeatures.from_arrays(arrays)
+    streamed: list[StreamedWindows] = []
+
+    def compute() -> dict[str, np.ndarray] | None:
+        result = _compute(model, shard, feature_fn, params, progress, desc)
+        if isinstance(result, StreamedWindows):
+            streamed.append(result)
+            return None
+        return result.to_arrays()
+
+    arrays = feature_cache.cached_arrays(parts, compute)
+    return streamed[0] if streamed else WindowFeatures.from_arrays(arrays)
 
 
-def slid_meters(features: WindowFeatures, dataset, heads: Sequence[HeadFn], postprocess: Callable,
+def slid_meters(features: WindowFeatures | StreamedWindows, dataset, heads: Sequence[HeadFn], postprocess: Callable,
                 params: dict, device="cpu", progress: bool = True, desc: str = "segmentation") -> list[SegmentationMeter]:
     """Return per head the SegmentationMeter of postprocess(window-averaged logits) over every image of dataset.
 
@@ -162,13 +220,8 @@ def slid_meters(features: WindowFeatures, dataset, heads: Sequence[HeadFn], post
     """
     meters = [SegmentationMeter(dataset.num_classes, dataset.ignore_index) for _ in heads]
     shard = distributed.shard_dataset(dataset, images_per_step(params))
-    done = 0
-    for items in tqdm(_batches(shard, images_per_step(params), params["num_workers"], labels_only=True),
-                      disable=not progress, desc=desc, leave=False):
-        labels = [label for _, label, _ in items]
+    for labels, stored in features.batches(shard, params, progress, desc):
         sizes = [prepared_size(*label.shape[-2:], params["short_side"]) for label in labels]
-        stored = features.per_image[done:done + len(items)]
-        done += len(items)
         for head, meter in zip(heads, meters):
             def logits_fn(chunk: Sequence[tuple[int, Box]]) -> torch.Tensor:
                 batch = torch.stack([stored[i][box] for i, box in chunk]).to(device)
