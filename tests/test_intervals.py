@@ -221,15 +221,22 @@ def test_segmentation_replicate_recomputes_miou_from_the_resampled_images_counts
     samples = read_samples(path, record)
     stats = TASKS["openvocab_segmentation"].unit_statistics(samples, {})
     weights = next(rs.unit_count_chunks(stats.n_units, 3, seed=0))[1]  # the second resample of seed 0
+    seed_draws = rs.seed_counts(stats.seeds, 3, seed=0)[1]
     drawn = rs.replicates([stats], [["mIoU", "hIoU"]], resamples=3, seed=0)[0]
-    # direct computation: sum each image's counts as often as it was drawn, then mmseg's NaN-mean of I / U
-    intersect = (weights[:, None] * samples["intersect"]).sum(axis=0)
-    union = (weights[:, None] * samples["union"]).sum(axis=0)
-    with np.errstate(invalid="ignore"):
-        iou = intersect / union
-    assert drawn["mIoU"][1] == pytest.approx(np.nanmean(iou), abs=1e-12)
-    resampled = take_units("openvocab_segmentation", samples, np.repeat(np.arange(len(weights)), weights.astype(int)))
-    assert drawn["hIoU"][1] == pytest.approx(TASKS["openvocab_segmentation"].score(resampled)["hIoU"], abs=1e-12)
+    counts = {name: np.asarray(samples[name]).reshape(-1, *np.shape(samples[name])[-2:])
+              for name in ("intersect", "union")}  # (S, N, C): one head per seed
+    assert counts["intersect"].shape[0] == stats.seeds == 3
+    # direct computation: per seed, sum each image's counts as often as it was drawn and take mmseg's NaN-mean
+    # of I / U; then the mean over the drawn seeds, each as often as it was drawn
+    per_seed = []
+    for seed in range(stats.seeds):
+        intersect = (weights[:, None] * counts["intersect"][seed]).sum(axis=0)
+        union = (weights[:, None] * counts["union"][seed]).sum(axis=0)
+        with np.errstate(invalid="ignore"):
+            per_seed.append(np.nanmean(intersect / union))
+    assert drawn["mIoU"][1] == pytest.approx(np.dot(seed_draws, per_seed) / seed_draws.sum(), abs=1e-12)
+    assert drawn["hIoU"][1] == pytest.approx(
+        explicit_resample_score("openvocab_segmentation", samples, weights, seed_draws)["hIoU"], abs=1e-12)
     assert drawn["mIoU"][1] != pytest.approx(record["metrics"]["mIoU"], abs=1e-6)  # it is another sample
 
 
