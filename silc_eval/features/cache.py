@@ -251,18 +251,26 @@ def cached(parts: dict[str, Any] | None, compute: Callable[[], np.ndarray]) -> n
         return compute()
     if distributed.active():
         return cached_sharded(parts, compute)
+    return _cached_here(parts, compute, load, store)
+
+
+def _cached_here(parts: dict[str, Any], compute: Callable[[], Any], read: Callable[[str], Any],
+                 write: Callable[[str, dict, Any], Path]) -> Any:
+    """Return read(key) on a hit, else compute(), written unless it is None (this process alone)."""
     key = cache_key(parts)
-    array = load(key)
-    if array is not None:
+    found = read(key)
+    if found is not None:
         STATS["hits"] += 1
-        return array
+        return found
     STATS["misses"] += 1
-    array = compute()
+    value = compute()
+    if value is None:
+        return None
     try:
-        store(key, parts, array)
+        write(key, parts, value)
     except OSError as exc:  # a read-only or full disk must not fail the evaluation
         _log(f"could not store entry {key} ({exc}); continuing without caching it")
-    return array
+    return value
 
 
 def cached_sharded(parts: dict[str, Any], compute: Callable[[], np.ndarray]) -> np.ndarray:
@@ -300,18 +308,4 @@ def cached_arrays(parts: dict[str, Any] | None,
     """
     if parts is None or not enabled():
         return compute()
-    key = cache_key(parts)
-    arrays = load_arrays(key)
-    if arrays is not None:
-        STATS["hits"] += 1
-        return arrays
-    STATS["misses"] += 1
-    arrays = compute()
-    if arrays is None:
-        return None
-    try:
-        store_arrays(key, parts, arrays)
-    except OSError as exc:
-        _log(f"could not store entry {key} ({exc}); continuing without caching it")
-    return arrays
-
+    return _cached_here(parts, compute, load_arrays, store_arrays)
