@@ -109,8 +109,9 @@ def cache_features(model, dataset, feature_fn: FeatureFn, feature_name: str, par
     """Return the WindowCache of every training window of dataset, features from feature_fn without gradients.
 
     feature_name identifies feature_fn in the on-disk feature cache, which keeps the entry
-    (features and labels) for the next run of the same model, data and geometry; under torchrun
-    the cache is not used (see _compute_training_windows).
+    (features and labels) for the next run of the same model, data and geometry. Under torchrun the
+    cache is not used: every rank takes part in the gather of _compute_training_windows, so all ranks
+    would first have to agree on a hit or a miss.
     """
     subset = subset_for_training(dataset, params.get("max_train_images"), params["seeds"][0])
 
