@@ -197,17 +197,15 @@ def window_features(model, dataset, feature_fn: FeatureFn, feature_name: str, pa
     parts = feature_cache.window_key_parts(
         model, dataset, split, feature_name, {name: params[name] for name in GEOMETRY},
         "amp" if params["amp"] else "fp32", (distributed.rank(), distributed.world_size()))
-    streamed: list[StreamedWindows] = []
+    computed: list[WindowFeatures | StreamedWindows] = []
 
-    def compute() -> dict[str, np.ndarray] | None:
-        result = _compute(model, shard, feature_fn, params, progress, desc)
-        if isinstance(result, StreamedWindows):
-            streamed.append(result)
-            return None
-        return result.to_arrays()
+    def compute() -> dict[str, np.ndarray] | None:  # the arrays to store, None when nothing is stored
+        computed.append(_compute(model, shard, feature_fn, params, progress, desc))
+        storable = isinstance(computed[0], WindowFeatures) and parts is not None and feature_cache.enabled()
+        return computed[0].to_arrays() if storable else None
 
     arrays = feature_cache.cached_arrays(parts, compute)
-    return streamed[0] if streamed else WindowFeatures.from_arrays(arrays)
+    return computed[0] if computed else WindowFeatures.from_arrays(arrays)
 
 
 def slid_meters(features: WindowFeatures | StreamedWindows, dataset, heads: Sequence[HeadFn], postprocess: Callable,
