@@ -39,7 +39,7 @@ from silc_eval.features import autocast_context
 from silc_eval.features import cache as feature_cache
 from silc_eval.machinery.dense_segmentation import image_batches
 from silc_eval.machinery.segmentation_metrics import SegmentationMeter
-from silc_eval.machinery.window_features import HeadFn, slid_meters, window_features
+from silc_eval.machinery.window_features import HeadFn, images_per_step, slid_meters, window_features
 from silc_eval.machinery.windows import normalization_tensors, prepare_image, short_side_size, window_boxes
 
 POLY_POWER = 0.9  # mmseg's default poly learning-rate decay
@@ -150,7 +150,7 @@ def _compute_training_windows(model, dataset, feature_fn: FeatureFn, params: dic
         flushed[0] += 1
         pending.clear()
 
-    for items in tqdm(image_batches(dataset, max(1, params["batch_size"] // 4), params["num_workers"]),
+    for items in tqdm(image_batches(dataset, images_per_step(params), params["num_workers"]),
                       disable=not progress, desc="training windows", leave=False):
         for image, label, _ in items:
             crops, crop_labels = training_windows(image.to(device), label, params["short_side"], window,

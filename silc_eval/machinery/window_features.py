@@ -31,6 +31,7 @@ from silc_eval.core import distributed
 from silc_eval.core.log import note
 from silc_eval.features import OrderedLoader, autocast_context
 from silc_eval.features import cache as feature_cache
+from silc_eval.machinery.dense_segmentation import image_batches
 from silc_eval.machinery.segmentation_metrics import SegmentationMeter
 from silc_eval.machinery.windows import (
     Box,
@@ -98,10 +99,6 @@ def prepared_size(height: int, width: int, short_side: int | None) -> tuple[int,
     return short_side_size(height, width, short_side) if short_side else (height, width)
 
 
-def _as_list(items: list) -> list:
-    return items
-
-
 class _Labels(Dataset):
     """View of a segmentation dataset (or a Subset of one) yielding (None, label, index); a dataset with a
     label(index) method (SegmentationDataset) decodes no image."""
@@ -122,8 +119,7 @@ class _Labels(Dataset):
 
 
 def _batches(dataset, images_per_step: int, num_workers: int, labels_only: bool) -> OrderedLoader:
-    return OrderedLoader(_Labels(dataset) if labels_only else dataset, images_per_step, num_workers,
-                         collate_fn=_as_list)
+    return image_batches(_Labels(dataset) if labels_only else dataset, images_per_step, num_workers)
 
 
 def batch_features(model, images: Sequence[torch.Tensor], feature_fn: FeatureFn,
@@ -173,11 +169,12 @@ def _compute(model, shard, feature_fn: FeatureFn, params: dict, progress: bool,
     """Return the WindowFeatures of shard, or StreamedWindows when the first batch says they would exceed
     memory_limit_bytes()."""
     per_image: list[dict[Box, torch.Tensor]] = []
-    limit = memory_limit_bytes()
+    limit, held = memory_limit_bytes(), 0
     for items in tqdm(_batches(shard, images_per_step(params), params["num_workers"], labels_only=False),
                       disable=not progress, desc=f"{desc} features", leave=False):
-        per_image += batch_features(model, [image for image, _, _ in items], feature_fn, params)
-        held = sum(t.numel() * 4 for boxes in per_image for t in boxes.values())
+        added = batch_features(model, [image for image, _, _ in items], feature_fn, params)
+        per_image += added
+        held += sum(t.numel() * 4 for boxes in added for t in boxes.values())
         if held / len(per_image) * len(shard) > limit:
             note(f"window features of {len(shard)} images would take about "
                  f"{held / len(per_image) * len(shard) / 1e9:.1f} GB (over ${LIMIT_ENV} = {limit / 1e9:g} GB): "
