@@ -2,7 +2,7 @@
 
 Shared by the open-vocabulary and the linear-probe tasks:
 
-- the protocol parameters both declare (window geometry, optimiser, seeds);
+- the protocol parameters they declare (window geometry; the optimiser and seeds of trained heads);
 - a cache of frozen features of every training window, computed once under inference mode
   (each train image resized to the short side, labels with nearest, padded with ignore up
   to the window if smaller, then cut into the sliding-window boxes of evaluation) and kept
@@ -11,16 +11,15 @@ Shared by the open-vocabulary and the linear-probe tasks:
   written as two matrix products with a hand-written backward pass (same value and gradient
   as interpolate + cross_entropy, about twice as fast on a CPU);
 - a seeded training loop over mini-batches of cached windows (AdamW, poly decay), one head
-  per seed;
+  per seed (the linear probe is convex and solved by convex_probe.py instead);
 - sliding-window evaluation of every seed's head over the evaluation windows' features,
   computed once (window_features.py);
-- the heads: a residual open-vocabulary decoder (MLP or one transformer layer) and a
-  BatchNorm + 1x1 conv linear probe.
+- the open-vocabulary decoder: residual blocks (MLP or one transformer layer) and a cosine with
+  the class texts.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -40,29 +39,42 @@ from silc_eval.features import cache as feature_cache
 from silc_eval.machinery.dense_segmentation import image_batches
 from silc_eval.machinery.segmentation_metrics import SegmentationMeter
 from silc_eval.machinery.window_features import HeadFn, images_per_step, slid_meters, window_features
-from silc_eval.machinery.windows import normalization_tensors, prepare_image, short_side_size, window_boxes
+from silc_eval.machinery.windows import (
+    bilinear_matrix,
+    normalization_tensors,
+    prepare_image,
+    short_side_size,
+    window_boxes,
+)
 
 POLY_POWER = 0.9  # mmseg's default poly learning-rate decay
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # windows (N, 3, h, w) -> features (N, gh, gw, D)
 
 
-def training_params(min_steps: int = 1, weight_decay: float = 1e-4) -> dict[str, Param]:
-    """Return the protocol parameters of a head trained on cached windows (both trained-head tasks)."""
+def window_params() -> dict[str, Param]:
+    """Return the protocol parameters of cutting, caching and sliding windows (every trained-head task)."""
     return {
         "short_side": integer(336, 1, doc="evaluation and training images are resized to this short side"),
         "window": integer(224, 1, doc="sliding-window size"),
         "stride": integer(112, 1, doc="sliding-window stride"),
+        "max_train_images": integer(None, 1, nullable=True,
+                                    doc="a subset of the training split, drawn with the first seed (or seed 0)"),
+        "batch_size": integer(32, 1, doc="windows per forward pass"),
+        "num_workers": integer(0, 0),
+        "amp": boolean(False),
+    }
+
+
+def training_params(min_steps: int = 1, weight_decay: float = 1e-4) -> dict[str, Param]:
+    """Return the protocol parameters of a head trained by AdamW on cached windows, one head per seed."""
+    return {
+        **window_params(),
         "steps": integer(2000, min_steps, doc="optimiser steps of the head"),
         "train_batch_size": integer(16, 1, doc="cached windows per training step"),
         "lr": number(1e-3, above=0.0),
         "weight_decay": number(weight_decay, minimum=0.0),
         "seeds": int_list([0], doc="one head is trained per seed; metrics are their mean (and each seed's)"),
-        "max_train_images": integer(None, 1, nullable=True,
-                                    doc="a subset of the training split, drawn with the first seed"),
-        "batch_size": integer(32, 1, doc="windows per forward pass"),
-        "num_workers": integer(0, 0),
-        "amp": boolean(False),
     }
 
 
@@ -113,7 +125,8 @@ def cache_features(model, dataset, feature_fn: FeatureFn, feature_name: str, par
     cache is not used: every rank takes part in the gather of _compute_training_windows, so all ranks
     would first have to agree on a hit or a miss.
     """
-    subset = subset_for_training(dataset, params.get("max_train_images"), params["seeds"][0])
+    subset_seed = params["seeds"][0] if "seeds" in params else 0
+    subset = subset_for_training(dataset, params.get("max_train_images"), subset_seed)
 
     def compute() -> dict[str, np.ndarray]:
         cache = _compute_training_windows(model, subset, feature_fn, params, progress)
@@ -123,7 +136,7 @@ def cache_features(model, dataset, feature_fn: FeatureFn, feature_name: str, par
     if not distributed.active():
         geometry = {name: params[name] for name in ("short_side", "window", "stride", "max_train_images")}
         if params.get("max_train_images") is not None:
-            geometry["subset_seed"] = params["seeds"][0]
+            geometry["subset_seed"] = subset_seed
         parts = feature_cache.window_key_parts(model, dataset, "train", feature_name, geometry,
                                                "amp" if params["amp"] else "fp32")
     arrays = feature_cache.cached_arrays(parts, compute)
@@ -173,14 +186,6 @@ def seeded_module(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
-@functools.lru_cache(maxsize=64)
-def _upsampling_matrix(size_out: int, size_in: int) -> torch.Tensor:
-    """Return the (size_out, size_in) weights of 1-D bilinear upsampling (align_corners=False), as F.interpolate
-    computes them (interpolating the identity), on the CPU."""
-    identity = torch.eye(size_in, dtype=torch.float64)[None]
-    return F.interpolate(identity, size=size_out, mode="linear", align_corners=False)[0].T.contiguous()
-
-
 class _UpsampledCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy (ignore 255) of logits (B, Q, gh, gw) bilinearly upsampled to labels (B, h, w).
 
@@ -192,8 +197,8 @@ class _UpsampledCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, labels):
-        rows = _upsampling_matrix(labels.shape[-2], logits.shape[-2]).to(logits.device, logits.dtype)
-        cols = _upsampling_matrix(labels.shape[-1], logits.shape[-1]).to(logits.device, logits.dtype)
+        rows = bilinear_matrix(labels.shape[-2], logits.shape[-2]).to(logits.device, logits.dtype)
+        cols = bilinear_matrix(labels.shape[-1], logits.shape[-1]).to(logits.device, logits.dtype)
         log_probs = torch.log_softmax(torch.matmul(torch.matmul(rows, logits), cols.T), dim=1)
         valid = labels != IGNORE_INDEX
         count = valid.sum().clamp(min=1)
@@ -335,15 +340,3 @@ class OpenVocabDecoder(nn.Module):
         """Return logits (B, Q, gh, gw): scaled cosine of decoded patches with the normalised text rows (Q, E)."""
         scale = self.log_scale.clamp(max=math.log(100.0)).exp()
         return scale * torch.einsum("bhwe,qe->bqhw", self.embed(features), F.normalize(text, dim=-1))
-
-
-class LinearProbe(nn.Module):
-    """BatchNorm2d + 1x1 conv on patch tokens: (B, gh, gw, D) -> class logits (B, C, gh, gw)."""
-
-    def __init__(self, dim: int, num_classes: int):
-        super().__init__()
-        self.norm, self.conv = nn.BatchNorm2d(dim), nn.Conv2d(dim, num_classes, kernel_size=1)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Return the (B, C, gh, gw) logits of patch tokens (B, gh, gw, D)."""
-        return self.conv(self.norm(tokens.permute(0, 3, 1, 2)))

@@ -9,6 +9,7 @@ the ORIGINAL image size. Windows of one shape are batched, across images too.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -110,3 +111,12 @@ def slide_boxes(sizes: Sequence[tuple[int, int]], logits_fn: Callable[[Sequence[
                                      align_corners=False)[0]
         results.append(averaged)
     return results
+
+
+@functools.lru_cache(maxsize=64)
+def bilinear_matrix(size_out: int, size_in: int) -> torch.Tensor:
+    """Return the (size_out, size_in) float64 weights of 1-D bilinear upsampling (align_corners=False), as
+    F.interpolate computes them (interpolating the identity), on the CPU; 2-D upsampling of x is
+    rows @ x @ cols.T."""
+    identity = torch.eye(size_in, dtype=torch.float64)[None]
+    return F.interpolate(identity, size=size_out, mode="linear", align_corners=False)[0].T.contiguous()

@@ -1,61 +1,65 @@
 """Linear-probe semantic segmentation on a frozen backbone (DINOv2-style, PROTOCOLS.md section 6).
 
 Last-layer patch tokens (after the final LayerNorm, before the projection) of every
-training window are cached once; per seed, a BatchNorm2d + 1x1 conv probe is trained on
-them with AdamW, its logits upsampled bilinearly to the window for a cross-entropy that
-ignores 255. Evaluation slides windows over the validation images exactly as zero-shot
-segmentation does (their features computed once for every seed) and reports mmseg's mIoU,
-mAcc, aAcc and per-class IoU: the mean over seeds, each seed's and their spread.
-Per-sample outcomes: per seed, image and class the intersection, union, predicted and label counts.
-Version 2: `seeds` (a list) replaces `seed`; the loss is computed by matrix products (same value).
+training window are cached once. The probe standardises them (training-token mean and
+std, what BatchNorm's running statistics estimate) and maps them with a 1x1 affine layer to
+class logits, upsampled bilinearly to the window for a cross-entropy that ignores 255, plus
+l2 / 2 times the squared weights. That problem is convex with one minimiser, so the probe is
+solved (L-BFGS, convex_probe.py) instead of trained by stochastic steps, and no seed enters it.
+Evaluation slides windows over the validation images exactly as zero-shot segmentation does
+and reports mmseg's mIoU, mAcc, aAcc and per-class IoU.
+Per-sample outcomes: per image and class the intersection, union, predicted and label counts.
+Version 3: the probe is solved to its optimum (was: BatchNorm + conv trained by 500 AdamW steps
+per seed, which stopped short of it); `l2`, `max_iterations` and `tolerance` replace the
+optimiser's parameters and `seeds`.
 """
 
 from __future__ import annotations
 
-import torch
-
 from silc_eval.core.contract import Outcome, Task
 from silc_eval.core.errors import UserError
+from silc_eval.core.log import warn
+from silc_eval.core.params import integer, number
 from silc_eval.machinery import heads
+from silc_eval.machinery.convex_probe import fit_linear_probe
 from silc_eval.machinery.segmentation_metrics import (
-    SEED_METRICS,
     SEGMENTATION_METRICS,
-    seeded_counts_samples,
+    counts_samples,
     segmentation_score,
     segmentation_unit_statistics,
 )
 
 NAME = "linear_segmentation"
 FEATURE = "patch_tokens"  # what the probe reads, in the feature cache's key
-
-
-def training_step(probe, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Return the cross-entropy (ignore 255) of the probe's upsampled logits on one mini-batch of windows."""
-    return heads.window_loss(probe(features), labels)
+PARAMS = {
+    **heads.window_params(),
+    "l2": number(1e-4, above=0.0, doc="weight penalty l2/2 ||W||^2 beside the mean pixel cross-entropy"),
+    "max_iterations": integer(100, 1, doc="L-BFGS iterations at most"),
+    "tolerance": number(5e-4, above=0.0, doc="converged once every gradient entry is below this"),
+}
 
 
 def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
-    """Return the Outcome of one linear probe per seed trained on data['train'] and evaluated on data['eval']."""
+    """Return the Outcome of the linear probe solved on data['train'] and evaluated on data['eval']."""
     train, dataset = data["train"], data["eval"]
     if train.class_names != dataset.class_names:
         raise UserError(f"{NAME}: the training split's classes differ from the evaluation classes; a linear probe "
                         f"needs the same classes (drop classes/num_classes from the 'train:' block)")
     cache = heads.cache_features(model, train, model.patch_tokens, FEATURE, params, progress)
-    probes = []
-    for seed in params["seeds"]:
-        probe = heads.seeded_module(seed, lambda: heads.LinearProbe(cache.features.shape[-1],
-                                                                    dataset.num_classes)).to(model.device)
-        heads.train_head(probe, cache, training_step, params, model.device, seed, progress)
-        probes.append(heads.with_float_input(probe))
-    meters = heads.evaluate_heads(model, dataset, model.patch_tokens, FEATURE, probes, params, progress,
-                                  desc="linear segmentation")
-    samples = seeded_counts_samples(meters, dataset.class_names, params["seeds"])
+    probe, fit = fit_linear_probe(cache.features, cache.labels, dataset.num_classes, params["l2"],
+                                  params["max_iterations"], params["tolerance"], model.device, progress)
+    if not fit.converged:
+        warn(f"{NAME}: L-BFGS stopped after {fit.iterations} iterations with gradient norm {fit.gradient_norm:.2e} "
+             f"(tolerance {params['tolerance']:g} per entry); raise max_iterations to solve the probe fully")
+    meters = heads.evaluate_heads(model, dataset, model.patch_tokens, FEATURE, [heads.with_float_input(probe)],
+                                  params, progress, desc="linear segmentation")
+    samples = counts_samples(meters[0], dataset.class_names)
     return Outcome(segmentation_score(samples), samples)
 
 
 TASK = Task(
-    name=NAME, version=2, params=heads.training_params(), splits=("train", "eval"), formats=("mmseg",),
-    data_kind="segmentation", metrics=(*SEGMENTATION_METRICS, *SEED_METRICS), evaluate=evaluate,
+    name=NAME, version=3, params=PARAMS, splits=("train", "eval"), formats=("mmseg",),
+    data_kind="segmentation", metrics=SEGMENTATION_METRICS, evaluate=evaluate,
     score=segmentation_score,
     unit_statistics=segmentation_unit_statistics,
-    description="BatchNorm + 1x1 conv probe on frozen patch tokens")
+    description="standardised 1x1 linear probe on frozen patch tokens, solved to its optimum (L-BFGS)")
