@@ -9,6 +9,8 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from silc_eval.train.diagnostics import target_entropies
+
 
 class ViewDistillationLoss(nn.Module):
     """Cross-entropy between teacher distributions on global views and student distributions on the other views.
@@ -27,6 +29,7 @@ class ViewDistillationLoss(nn.Module):
         self.warmup = teacher_temp_warmup_steps
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
+        self.last_entropies: tuple[float, float] | None = None  # the last targets' (per-sample, batch-mean) entropy
 
     def teacher_temperature(self, step: int) -> float:
         """Return the teacher temperature at step."""
@@ -38,6 +41,7 @@ class ViewDistillationLoss(nn.Module):
         """Return the mean cross-entropy over all (teacher global view, other student view) pairs."""
         temp = self.teacher_temperature(step)
         targets = [F.softmax((t.detach() - self.center) / temp, dim=-1) for t in teacher]
+        self.last_entropies = target_entropies(torch.cat(targets))
         log_probs = [F.log_softmax(s / self.student_temp, dim=-1) for s in student]
         total, pairs = 0.0, 0
         for i, target in enumerate(targets):

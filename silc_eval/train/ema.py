@@ -33,6 +33,13 @@ class EmaTeacher(nn.Module):
             for t, s in zip(teacher.buffers(), module.buffers()):
                 t.copy_(s)
 
+    @torch.no_grad()
+    def reset(self, modules: dict[str, nn.Module]) -> None:
+        """Set every teacher parameter and buffer to the student's (the teacher restarts from the student)."""
+        for name, module in modules.items():
+            for t, s in zip(self.copies[name].state_dict().values(), module.state_dict().values()):
+                t.copy_(s)
+
     def train(self, mode: bool = True):
         """Keep the teacher in eval mode whatever the caller asks."""
         return super().train(False)

@@ -36,32 +36,36 @@ def view_spec(section: dict[str, Any] | None, image_size: int, default: dict[str
     return ViewSpec(**values)
 
 
+def _distributed(common: dict[str, int | None]) -> dict[str, int]:
+    return {"rank": common["rank"], "world_size": common["world_size"]}
+
+
 def _contrastive(name: str) -> Callable:
-    def build(section: dict[str, Any], views, image_size: int, common: dict[str, int]):
-        return ContrastiveObjective(name, view_spec(views, image_size, {}), **section, **common)
+    def build(section: dict[str, Any], views, image_size: int, common: dict[str, int | None]):
+        return ContrastiveObjective(name, view_spec(views, image_size, {}), **section, **_distributed(common))
     return build
 
 
-def _views_only(section: dict[str, Any], views, image_size: int, common: dict[str, int]):
+def _views_only(section: dict[str, Any], views, image_size: int, common: dict[str, int | None]):
     section.setdefault("contrastive_views", "all")
     return ContrastiveObjective(section.pop("contrastive", "clip"), view_spec(views, image_size, SILC_VIEWS),
-                                **section, **common)
+                                **section, **_distributed(common))
 
 
-def _silc(section: dict[str, Any], views, image_size: int, common: dict[str, int]):
+def _silc(section: dict[str, Any], views, image_size: int, common: dict[str, int | None]):
     return SilcObjective(section.pop("contrastive", "clip"), view_spec(views, image_size, SILC_VIEWS),
                          **section, **common)
 
 
-def _dino(section: dict[str, Any], views, image_size: int, common: dict[str, int]):
+def _dino(section: dict[str, Any], views, image_size: int, common: dict[str, int | None]):
     return DinoObjective(view_spec(views, image_size, SILC_VIEWS), **section, **common)
 
 
-def _sfclip(section: dict[str, Any], views, image_size: int, common: dict[str, int]):
-    return SfClipObjective(view_spec(views, image_size, {}), **section, **common)
+def _sfclip(section: dict[str, Any], views, image_size: int, common: dict[str, int | None]):
+    return SfClipObjective(view_spec(views, image_size, {}), **section, **_distributed(common))
 
 
-# name -> builder(section without name/views, views section, image size, {rank, world_size})
+# name -> builder(section without name/views, views section, image size, {rank, world_size, batch_size})
 OBJECTIVES: dict[str, Callable] = {
     "clip": _contrastive("clip"),
     "siglip": _contrastive("siglip"),
@@ -72,8 +76,10 @@ OBJECTIVES: dict[str, Callable] = {
 }
 
 
-def build_objective(section: dict[str, Any] | str, image_size: int, rank: int = 0, world_size: int = 1):
-    """Return the objective a recipe's `objective:` section (or bare name) describes."""
+def build_objective(section: dict[str, Any] | str, image_size: int, rank: int = 0, world_size: int = 1,
+                    batch_size: int | None = None):
+    """Return the objective a recipe's `objective:` section (or bare name) describes (batch_size: the global
+    batch, which turns an EMA horizon in images into a momentum)."""
     section = {"name": section} if isinstance(section, str) else dict(section)
     name = section.pop("name", None)
     views = section.pop("views", None)
@@ -81,6 +87,6 @@ def build_objective(section: dict[str, Any] | str, image_size: int, rank: int = 
     if builder is None:
         raise UserError(f"unknown objective '{name}'; expected one of {', '.join(OBJECTIVES)}")
     try:
-        return builder(section, views, image_size, {"rank": rank, "world_size": world_size})
+        return builder(section, views, image_size, {"rank": rank, "world_size": world_size, "batch_size": batch_size})
     except TypeError as exc:
         raise UserError(f"objective {name}: {exc}") from None

@@ -34,7 +34,7 @@ import yaml
 from silc_eval.core.distributed import DistEnv, all_ranks_true, barrier, init_distributed, shutdown_env
 from silc_eval.core.errors import UserError
 from silc_eval.core.io import atomic_directory, atomic_write_text
-from silc_eval.core.log import log
+from silc_eval.core.log import log, warn
 from silc_eval.core.offline import enforce_offline
 from silc_eval.core.provenance import git_commit, package_versions
 from silc_eval.evaluate.api import build_splits, dataset_root, evaluate_benchmark
@@ -291,7 +291,7 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
     config = prepare_work_folder(recipe, work, env)
     tokenizer = open_clip.get_tokenizer(local_dir_spec(work))
     image_size = recipe["model"]["vision"]["image_size"]
-    objective = build_objective(recipe["objective"], image_size, env.rank, env.world_size)
+    objective = build_objective(recipe["objective"], image_size, env.rank, env.world_size, optim["batch_size"])
     student = build_student(recipe, config, objective, env, tokenizer)
     optimizer = torch.optim.AdamW(param_groups(student, optim["weight_decay"]), lr=optim["lr"],
                                   betas=tuple(optim["betas"]), eps=optim["eps"])
@@ -308,7 +308,7 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
     schedule = {"lr": optim["lr"], "warmup_steps": optim["warmup_steps"]}
     run = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "images_seen": 0, "elapsed_s": 0.0, "flops_per_step": None,
            "eval_history": [], "loss_history": [], "read": 0, "skipped": 0, "skipped_examples": [],
-           "skipped_keys": [], "schedule": schedule, "schedule_changes": []}
+           "skipped_keys": [], "schedule": schedule, "schedule_changes": [], "diagnostics": [], "warnings": []}
     last_good = None  # the step of last.pt, the checkpoint to resume from
     pending = None  # the step of next.pt, a checkpoint whose weights the next step has yet to prove
     if saved is not None:
@@ -414,9 +414,18 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
             done = run["step"] >= total_steps
             if env.is_main and (run["step"] % optim["log_every"] == 0 or done):
                 elapsed = time.perf_counter() - window_start
-                parts = " ".join(f"{k} {v.item():.4f}" for k, v in losses.items() if k != "loss")
+                terms = {k: v.item() for k, v in losses.items() if k != "loss"}
+                diagnostics = objective.diagnostics()
+                parts = " ".join(f"{k} {v:.4f}" for k, v in {**terms, **diagnostics}.items())
                 mean_loss = window_loss / window_steps
                 run["loss_history"].append([run["step"], round(mean_loss, 6)])
+                run["diagnostics"].append({"step": run["step"], "loss": round(mean_loss, 6),
+                                           **{k: round(v, 6) for k, v in {**terms, **diagnostics}.items()}})
+                warning = objective.warning()
+                kind = None if warning is None else warning.split(":")[0]  # one warning per kind, at its first step
+                if kind is not None and kind not in {w["warning"].split(":")[0] for w in run["warnings"]}:
+                    run["warnings"].append({"step": run["step"], "warning": warning})
+                    warn(f"step {run['step']}: {warning}")
                 if progress:
                     log(f"step {run['step']:>6d}/{total_steps} epoch {run['epoch']} loss {mean_loss:.4f} {parts} "
                         f"lr {lr:.2e} {window_steps * optim['batch_size'] / elapsed:.0f} img/s")
@@ -514,6 +523,7 @@ def make_card(name: str, recipe, config, student, objective, weights: Path, data
         },
         "eval_history": run["eval_history"],
         "loss_history": run["loss_history"],
+        "diagnostics": {"history": run.get("diagnostics", []), "warnings": run.get("warnings", [])},
         "provenance": {"git_commit": git_commit(), "packages": package_versions()},
     }
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from silc_eval.core.errors import UserError
 from silc_eval.models.vit import forward_any_size
 from silc_eval.train.augment import ViewSpec
+from silc_eval.train.diagnostics import effective_rank, entropy_warning, momentum_from_horizon, relative_drift
 from silc_eval.train.distill import ViewDistillationLoss
 from silc_eval.train.ema import EmaTeacher
 from silc_eval.train.heads import ProjectionHead
@@ -30,7 +31,8 @@ from silc_eval.train.heads import ProjectionHead
 CONTRASTIVE_LOSSES = ("clip", "siglip")
 DISTILL_DEFAULTS = {"out_dim": 65536, "hidden_dim": 2048, "bottleneck_dim": 256, "head_layers": 3,
                     "teacher_temp": 0.07, "teacher_temp_start": 0.04, "teacher_temp_warmup_steps": 0,
-                    "student_temp": 0.1, "center_momentum": 0.9, "ema_momentum": 0.996, "weight": 1.0}
+                    "student_temp": 0.1, "center_momentum": 0.9, "ema_momentum": 0.996, "weight": 1.0,
+                    "ema_horizon_images": None, "start_step": 0}
 SILC_VIEWS = {"n_global": 2, "global_scale": (0.4, 1.0), "n_local": 8, "local_scale": (0.05, 0.4)}
 
 
@@ -76,6 +78,7 @@ class ContrastiveObjective:
             raise UserError(f"contrastive_views must be global or all, not {contrastive_views}")
         self.contrastive, self.views, self.contrastive_views = contrastive, views, contrastive_views
         self.loss = contrastive_loss_fn(contrastive, rank, world_size)
+        self._embeddings: torch.Tensor | None = None  # the last step's first-view image embeddings
 
     def extras(self, clip: nn.Module) -> dict[str, nn.Module]:
         """Return the extra trainable modules this objective adds to the student (none)."""
@@ -98,6 +101,7 @@ class ContrastiveObjective:
 
     def contrastive_term(self, outputs: dict[str, Any]) -> torch.Tensor:
         """Return the image-text loss averaged over the contrastive views."""
+        self._embeddings = outputs["image_embeddings"][0].detach()
         terms = []
         for embedding in outputs["image_embeddings"][:self.contrastive_view_count()]:
             args = [F.normalize(embedding, dim=-1), outputs["text_features"], outputs["logit_scale"]]
@@ -114,6 +118,16 @@ class ContrastiveObjective:
     def after_step(self, student: StudentModule) -> None:
         """Update teachers after the optimiser step (none here)."""
 
+    def diagnostics(self) -> dict[str, float]:
+        """Return the last step's diagnostics: the effective rank of the first view's image embeddings."""
+        if self._embeddings is None:
+            return {}
+        return {"embedding_effective_rank": effective_rank(self._embeddings)}
+
+    def warning(self) -> str | None:
+        """Return a one-line warning about the last step's state (none here), or None."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """Return the objective's own state for checkpoints (teachers, centres)."""
         return {}
@@ -127,9 +141,15 @@ class ContrastiveObjective:
 
 
 class SelfDistillationMixin:
-    """An EMA teacher of (image tower, projection head) and the view-distillation loss."""
+    """An EMA teacher of (image tower, projection head) and the view-distillation loss.
 
-    def _init_distill(self, distill: dict[str, Any]):
+    `ema_horizon_images` (when set) gives the momentum 1 - batch / horizon (train/diagnostics.py)
+    instead of `ema_momentum`. `start_step` > 0 switches distillation on at that step: the
+    teacher is then set to the student of that step, the centre to zero and the teacher
+    temperature's warm-up starts; before it the distillation head gets no gradient.
+    """
+
+    def _init_distill(self, distill: dict[str, Any], batch_size: int | None):
         if self.views.n_views < 2 or self.views.n_global < 1:
             raise UserError(f"{self.name} distils between views: it needs at least one global view and two views "
                             f"in all, not {self.views.n_global} global + {self.views.n_local} local")
@@ -137,12 +157,26 @@ class SelfDistillationMixin:
         if unknown:
             raise UserError(f"unknown distill parameter '{sorted(unknown)[0]}'; allowed: "
                             f"{', '.join(DISTILL_DEFAULTS)}")
+        if distill.get("ema_horizon_images") is not None and "ema_momentum" in distill:
+            raise UserError("distill: give ema_momentum or ema_horizon_images, not both")
         self.distill = {**DISTILL_DEFAULTS, **distill}
         d = self.distill
+        if d["ema_horizon_images"] is not None:
+            if batch_size is None:
+                raise UserError("distill: ema_horizon_images needs the batch size (optim.batch_size)")
+            try:
+                d["ema_momentum"] = momentum_from_horizon(float(d["ema_horizon_images"]), batch_size)
+            except ValueError as exc:
+                raise UserError(f"distill: {exc}") from None
+        if not isinstance(d["start_step"], int) or d["start_step"] < 0:
+            raise UserError(f"distill: start_step must be an integer >= 0, not {d['start_step']!r}")
         self.distill_loss = ViewDistillationLoss(d["out_dim"], d["teacher_temp"], d["teacher_temp_start"],
                                                  d["teacher_temp_warmup_steps"], d["student_temp"],
                                                  d["center_momentum"])
         self.teacher: EmaTeacher | None = None
+        self._step = 0
+        self._students: dict[str, nn.Module] = {}
+        self._teacher_start: list[torch.Tensor] = []
 
     def _head(self, clip: nn.Module) -> ProjectionHead:
         d = self.distill
@@ -154,31 +188,73 @@ class SelfDistillationMixin:
 
     def attach(self, student: StudentModule, tokenizer=None) -> None:
         """Create the EMA teacher as a copy of the student's image tower and head."""
-        self.teacher = EmaTeacher(self._tracked(student), self.distill["ema_momentum"])
+        self._students = self._tracked(student)
+        self.teacher = EmaTeacher(self._students, self.distill["ema_momentum"])
+        self._teacher_start = [p.detach().clone() for p in self.teacher.parameters()]
         self.distill_loss.to(next(student.parameters()).device)
 
-    def after_step(self, student: StudentModule) -> None:
-        """Move the teacher towards the student (fixed momentum)."""
-        self.teacher.update(self._tracked(student))
+    def distilling(self, step: int) -> bool:
+        """Return whether the distillation term is on at step."""
+        return step >= self.distill["start_step"]
 
-    def distill_term(self, outputs: dict[str, Any], batch, step: int) -> torch.Tensor:
-        """Return the local-to-global distillation loss, and update the centre."""
+    def _start_distillation(self) -> None:
+        """Set the teacher to the current student and the centre to zero (the distillation start)."""
+        self.teacher.reset(self._students)
+        self._teacher_start = [p.detach().clone() for p in self.teacher.parameters()]
+        self.distill_loss.center.zero_()
+
+    def after_step(self, student: StudentModule) -> None:
+        """Move the teacher towards the student (fixed momentum) once distillation is on."""
+        if self.distilling(self._step):
+            self.teacher.update(self._tracked(student))
+
+    def distill_term(self, outputs: dict[str, Any], batch, step: int) -> torch.Tensor | None:
+        """Return the local-to-global distillation loss and update the centre; None before the start."""
+        self._step = step
+        if not self.distilling(step):
+            return None
+        if step == self.distill["start_step"] > 0:
+            self._start_distillation()
         n_global = self.views.n_global
         with torch.no_grad():
             teacher_visual, teacher_head = self.teacher.copies["visual"], self.teacher.copies["head"]
             teacher = [teacher_head(forward_any_size(teacher_visual, view)[0]) for view in batch.views[:n_global]]
-        loss = self.distill_loss(outputs["distill_scores"], teacher, step)
+        loss = self.distill_loss(outputs["distill_scores"], teacher, step - self.distill["start_step"])
         self.distill_loss.update_center(teacher)
         return loss
 
+    def diagnostics(self) -> dict[str, float]:
+        """Return the last step's diagnostics: the teacher's target entropies (nats) and drift from its start,
+        beside the base objective's."""
+        found = super().diagnostics()
+        if self.distilling(self._step) and self.distill_loss.last_entropies is not None:
+            per_sample, batch_mean = self.distill_loss.last_entropies
+            found.update(teacher_entropy=per_sample, teacher_batch_entropy=batch_mean)
+            found["teacher_drift"] = relative_drift(self.teacher.parameters(), self._teacher_start)
+        return found
+
+    def warning(self) -> str | None:
+        """Return a warning when the teacher's targets are near uniform or collapsed, else None."""
+        if not self.distilling(self._step) or self.distill_loss.last_entropies is None:
+            return None
+        return entropy_warning(*self.distill_loss.last_entropies, self.distill["out_dim"])
+
+    def card_info(self) -> dict[str, Any]:
+        """Return the resolved EMA momentum and its horizon, beside the base objective's card entries."""
+        return {**super().card_info(), "ema_momentum": self.distill["ema_momentum"],
+                "distill_start_step": self.distill["start_step"]}
+
     def state_dict(self) -> dict[str, Any]:
-        """Return the teacher weights and the centre."""
-        return {"teacher": self.teacher.state_dict(), "center": self.distill_loss.center.clone()}
+        """Return the teacher weights, the centre and the teacher's parameters at its start."""
+        return {"teacher": self.teacher.state_dict(), "center": self.distill_loss.center.clone(),
+                "teacher_start": [p.clone() for p in self._teacher_start]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the teacher weights and the centre."""
+        """Restore the teacher weights, the centre and the teacher's start."""
         self.teacher.load_state_dict(state["teacher"])
         self.distill_loss.center.copy_(state["center"])
+        if "teacher_start" in state:
+            self._teacher_start = [p.clone() for p in state["teacher_start"]]
 
 
 class SilcObjective(SelfDistillationMixin, ContrastiveObjective):
@@ -187,9 +263,10 @@ class SilcObjective(SelfDistillationMixin, ContrastiveObjective):
     name = "silc"
 
     def __init__(self, contrastive: str = "clip", views: ViewSpec = ViewSpec(**SILC_VIEWS),
-                 distill: dict[str, Any] | None = None, rank: int = 0, world_size: int = 1):
+                 distill: dict[str, Any] | None = None, rank: int = 0, world_size: int = 1,
+                 batch_size: int | None = None):
         super().__init__(contrastive, views, "global", rank, world_size)
-        self._init_distill(distill or {})
+        self._init_distill(distill or {}, batch_size)
 
     def extras(self, clip: nn.Module) -> dict[str, nn.Module]:
         """Return the student's projection head."""
@@ -203,9 +280,13 @@ class SilcObjective(SelfDistillationMixin, ContrastiveObjective):
         return outputs
 
     def losses(self, outputs: dict[str, Any], batch, step: int) -> dict[str, torch.Tensor]:
-        """Return {'loss': contrastive + weight * distill, 'contrastive', 'distill'}."""
+        """Return {'loss': contrastive + weight * distill, 'contrastive', 'distill'} (distill 0 before its start)."""
         contrastive = self.contrastive_term(outputs)
         distill = self.distill_term(outputs, batch, step)
+        if distill is None:  # the head's scores enter with weight 0: no gradient, and DDP sees them used
+            unused = sum(scores.sum() for scores in outputs["distill_scores"]) * 0.0
+            return {"loss": contrastive + unused, "contrastive": contrastive.detach(),
+                    "distill": torch.zeros((), device=contrastive.device)}
         total = contrastive + self.distill["weight"] * distill
         return {"loss": total, "contrastive": contrastive.detach(), "distill": distill.detach()}
 
@@ -217,9 +298,11 @@ class DinoObjective(SelfDistillationMixin, ContrastiveObjective):
     uses_text = False
 
     def __init__(self, views: ViewSpec = ViewSpec(**SILC_VIEWS), distill: dict[str, Any] | None = None,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, batch_size: int | None = None):
         super().__init__("clip", views, "global", rank, world_size)
-        self._init_distill(distill or {})
+        self._init_distill(distill or {}, batch_size)
+        if self.distill["start_step"]:
+            raise UserError("dino learns from distillation alone: start_step must be 0")
 
     def extras(self, clip: nn.Module) -> dict[str, nn.Module]:
         """Return the student's projection head."""

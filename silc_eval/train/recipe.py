@@ -157,7 +157,7 @@ def _check_objective(path: Path, recipe: dict[str, Any]) -> None:
     if not isinstance(section, (str, dict)):
         raise UserError(f"{path}: 'objective' must be a name or a mapping with a name")
     try:
-        build_objective(section, recipe["model"]["vision"]["image_size"])
+        build_objective(section, recipe["model"]["vision"]["image_size"], batch_size=recipe["optim"]["batch_size"])
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     except (TypeError, ValueError) as exc:

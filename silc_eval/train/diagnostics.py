@@ -1,0 +1,85 @@
+"""What a self-distillation run's logs and card say about its teacher and embedding (issue: recipes at the
+zoo's scale).
+
+- the EMA momentum from a horizon: an EMA with per-step momentum m has a time constant of
+  1 / (1 - m) steps (a student state that many steps old weighs 1/e of the newest). A horizon of
+  H images at batch B is H / B steps, so m = 1 - B / H. DINO's 0.996 at batch 1024 is a horizon of
+  256k images; its 0.9995 at batch 256 one of 512k (PROTOCOLS.md section 7);
+- the teacher's target entropies, per sample and of the batch-mean target, in nats, with the two
+  failure modes DINO names: uniform targets (per-sample entropy near ln K: nothing to distil) and
+  a collapse onto few prototypes (batch-mean entropy near 0);
+- the teacher's drift from its initialisation (relative L2 distance of its parameters);
+- the effective rank of a batch of embeddings: exp of the entropy of the normalised singular
+  values (Roy and Vetterli, 2007), between 1 and the embedding width.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable
+
+import torch
+
+UNIFORM_FRACTION = 0.9  # per-sample entropy above this fraction of ln K: targets are close to uniform
+COLLAPSE_FRACTION = 0.1  # batch-mean entropy below this fraction of ln K: the targets collapsed to few prototypes
+
+
+def momentum_from_horizon(horizon_images: float, batch_size: int) -> float:
+    """Return the per-step EMA momentum 1 - batch_size / horizon_images (time constant horizon_images images).
+
+    Raises ValueError unless horizon_images > batch_size > 0.
+    """
+    if batch_size <= 0 or horizon_images <= batch_size:
+        raise ValueError(f"an EMA horizon of {horizon_images:g} images needs more images than one batch "
+                         f"({batch_size})")
+    return 1.0 - batch_size / horizon_images
+
+
+def horizon_from_momentum(momentum: float, batch_size: int) -> float:
+    """Return the horizon in images (batch_size / (1 - momentum)) of a per-step momentum below 1."""
+    return batch_size / (1.0 - momentum)
+
+
+def target_entropies(targets: torch.Tensor) -> tuple[float, float]:
+    """Return (mean per-sample entropy, entropy of the batch-mean distribution), in nats, of probability rows
+    targets (N, K)."""
+    probabilities = targets.detach().double()
+    per_sample = -(probabilities * probabilities.clamp_min(1e-30).log()).sum(-1).mean()
+    mean = probabilities.mean(0)
+    batch = -(mean * mean.clamp_min(1e-30).log()).sum()
+    return float(per_sample), float(batch)
+
+
+def entropy_warning(per_sample: float, batch_mean: float, prototypes: int) -> str | None:
+    """Return a one-line warning when the teacher's targets are near uniform or collapsed, else None."""
+    ceiling = math.log(prototypes)
+    if per_sample >= UNIFORM_FRACTION * ceiling:
+        return (f"teacher targets are near uniform: per-sample entropy {per_sample:.2f} of ln K = {ceiling:.2f} "
+                f"nats (nothing to distil: an EMA horizon too long for the budget, or a teacher temperature too high)")
+    if batch_mean <= COLLAPSE_FRACTION * ceiling:
+        return (f"teacher targets collapsed onto few prototypes: batch-mean entropy {batch_mean:.2f} of ln K = "
+                f"{ceiling:.2f} nats")
+    return None
+
+
+def relative_drift(current: Iterable[torch.Tensor], initial: Iterable[torch.Tensor]) -> float:
+    """Return ||current - initial|| / ||initial|| over all tensors together (0 when initial is all zeros)."""
+    difference, reference = 0.0, 0.0
+    for now, before in zip(current, initial, strict=True):
+        difference += float((now.detach().double() - before.detach().double().to(now.device)).pow(2).sum())
+        reference += float(before.detach().double().pow(2).sum())
+    return math.sqrt(difference / reference) if reference > 0 else 0.0
+
+
+def effective_rank(embeddings: torch.Tensor) -> float:
+    """Return exp(entropy of the normalised singular values) of embeddings (N, D), centred; 0 for a zero
+    matrix."""
+    centred = embeddings.detach().double()
+    centred = centred - centred.mean(0, keepdim=True)
+    singular = torch.linalg.svdvals(centred)
+    total = singular.sum()
+    if total <= 0:
+        return 0.0
+    p = singular / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
