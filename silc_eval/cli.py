@@ -138,6 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--restart", action="store_true", help="discard an unfinished run's state instead of resuming")
     train.add_argument("--keep-state", action="store_true", help="keep the resumable state after finishing")
     train.add_argument("--no-eval", action="store_true", help="skip the reference-score evaluation")
+
+    study = sub.add_parser("study", help="train, evaluate and report a study (recipes x budgets x seeds); resumes")
+    study.add_argument("study", type=Path, help="study YAML (e.g. benchmarks/studies/zoo_recipes.yaml)")
+    study.add_argument("--output", type=Path, required=True, help="study folder (models, results, report.md)")
+    study.add_argument("--device", default="cpu", help="cpu or cuda")
+    study.add_argument("--train-only", action="store_true", help="train the runs, evaluate and report nothing")
+    study.add_argument("--report-only", action="store_true", help="rewrite the report from the records")
+    study.add_argument("--no-progress", action="store_true", help="no progress bars or step logs")
     return parser
 
 
@@ -262,8 +270,22 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_study(args) -> int:
+    from silc_eval.core.distributed import check_device
+    from silc_eval.report.study_report import write_study_report
+    from silc_eval.train.study import run_study
+
+    check_device(args.device)
+    if args.report_only:
+        written = write_study_report(args.output)
+    else:
+        written = run_study(args.study, args.output, args.device, not args.no_progress, args.train_only)
+    print(f"wrote {written}")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "report": cmd_report, "check": cmd_check, "compare": cmd_compare, "list": cmd_list,
-            "data": cmd_data, "train": cmd_train}
+            "data": cmd_data, "train": cmd_train, "study": cmd_study}
 
 
 def main(argv: list[str] | None = None) -> int:

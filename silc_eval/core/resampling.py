@@ -182,6 +182,23 @@ def replicates(stats: Sequence[UnitStatistics], metrics: Sequence[Sequence[str] 
     return [{name: np.concatenate(chunks) for name, chunks in side.items()} for side in parts]
 
 
+def stack_seeds(stats: Sequence[UnitStatistics]) -> UnitStatistics:
+    """Return one UnitStatistics whose seeds are every seed of stats in order (the same units and task, e.g. one
+    benchmark's records of models trained with different seeds); its metric is their mean over seeds and its
+    bootstrap draws images and all those seeds. Per-unit correctness (binary) is dropped."""
+    if not stats:
+        raise ValueError("stack_seeds needs at least one UnitStatistics")
+    if len({s.n_units for s in stats}) != 1 or len({s.n_stats for s in stats}) != 1:
+        raise ValueError(f"stacked unit statistics differ in units or statistics: "
+                         f"{[(s.n_units, s.n_stats) for s in stats]}")
+    if not any(is_sparse(s.values) for s in stats):
+        return UnitStatistics(np.concatenate([s.values for s in stats], axis=1), stats[0].reduce)
+    from scipy import sparse
+
+    blocks = [s.values if is_sparse(s.values) else sparse.csr_matrix(s.values.reshape(s.n_units, -1)) for s in stats]
+    return UnitStatistics(sparse.hstack(blocks).tocsr(), stats[0].reduce, seeds=sum(s.seeds for s in stats))
+
+
 def percentile_interval(values: np.ndarray, level: float = DEFAULT_LEVEL) -> tuple[float, float]:
     """Return the (low, high) percentiles of the defined replicates at the given level ((NaN, NaN) if none)."""
     values = np.asarray(values, dtype=np.float64)

@@ -1,0 +1,226 @@
+"""The report of a training study (train/study.py): per recipe, budget and benchmark, the mean over seeds and
+its 95% interval over seeds and images; paired differences between recipes; score against training FLOPs.
+
+Reads only OUTPUT/study.json (which model is which recipe, budget and seed), the records and their
+sidecars under OUTPUT/results, and the models' cards (images seen, training FLOPs). For one
+benchmark, a recipe's seeds are stacked into one UnitStatistics (core/resampling.stack_seeds): its
+value is the mean of the seeds' scores and every bootstrap replicate draws the images and the seeds
+with replacement, so the interval covers both. A trained-head task's own seeds are stacked with the
+models' (each model x head seed counts as one seed). Differences between two recipes at one budget
+are paired over the same images (same unit-count matrix) and the same seed draws.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from silc_eval.core import resampling as rs
+from silc_eval.core.errors import UserError
+from silc_eval.core.io import atomic_write_bytes, atomic_write_text
+from silc_eval.report.compute import model_compute
+from silc_eval.report.intervals import record_statistics
+from silc_eval.report.records import load_result_records
+
+REPORT_FILE, TABLE_FILE, PLOT_FILE = "report.md", "study.csv", "score_vs_flops.png"
+
+
+def read_plan(output: Path) -> dict[str, Any]:
+    """Return OUTPUT/study.json; a missing one is a UserError saying what writes it."""
+    path = Path(output) / "study.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found; expected a study folder written by 'silc-eval study'")
+    return json.loads(path.read_text())
+
+
+def summarize(output: Path, resamples: int = rs.DEFAULT_RESAMPLES, seed: int = rs.DEFAULT_SEED,
+              level: float = rs.DEFAULT_LEVEL) -> list[dict[str, Any]]:
+    """Return one row per (label, budget, benchmark) with records: main metric mean over seeds, interval,
+    the seeds found, mean images seen and training FLOPs; in plan order."""
+    output = Path(output)
+    plan = read_plan(output)
+    runs = {r["model"]: r for r in plan["runs"]}
+    records = [r for r in load_result_records(output / "results", warn=lambda _: None) if r["model"]["name"] in runs]
+    grouped: dict[tuple[str, int, str], list[dict]] = defaultdict(list)
+    for record in records:
+        run = runs[record["model"]["name"]]
+        grouped[(run["label"], run["budget_images"], record["benchmark"]["name"])].append(record)
+    rows = []
+    order = list(dict.fromkeys((r["label"], r["budget_images"]) for r in plan["runs"]))
+    for label, budget in order:
+        for benchmark in plan["benchmarks"]:
+            found = sorted(grouped.get((label, budget, benchmark), []), key=lambda r: runs[r["model"]["name"]]["seed"])
+            if not found:
+                continue
+            metric = found[0]["benchmark"]["main_metric"]
+            stats = [record_statistics(output / "results", r) for r in found]
+            compute = [model_compute(r, lambda _: None) for r in found]
+            if any(s is None for s in stats):
+                values = [r["metrics"].get(metric) for r in found]
+                interval = rs.Interval(float(np.nanmean([math.nan if v is None else v for v in values])),
+                                       math.nan, math.nan, level, 0, seed)
+            else:
+                interval = rs.bootstrap_interval(rs.stack_seeds(stats), metric, resamples, level, seed)
+            rows.append({"label": label, "budget_images": budget, "benchmark": benchmark,
+                         "group": found[0]["benchmark"].get("group", ""), "metric": metric,
+                         "mean": interval.value, "low": interval.low, "high": interval.high,
+                         "seeds": [runs[r["model"]["name"]]["seed"] for r in found],
+                         "seed_values": [r["metrics"].get(metric) for r in found],
+                         "images_seen": float(np.nanmean([c["images_seen"] for c in compute])),
+                         "training_flops": float(np.nanmean([c["training_flops"] for c in compute])),
+                         "_stats": stats})
+    return rows
+
+
+def paired_differences(rows: list[dict[str, Any]], pairs: list[tuple[str, str]], resamples: int, seed: int,
+                       level: float) -> list[dict[str, Any]]:
+    """Return per (a, b) pair, budget and benchmark the difference a - b of the seed means, its paired 95%
+    interval and bootstrap p-value, Holm-corrected per pair and budget across benchmarks."""
+    index = {(r["label"], r["budget_images"], r["benchmark"]): r for r in rows}
+    out = []
+    for a, b in pairs:
+        for budget in sorted({r["budget_images"] for r in rows}):
+            family = []
+            for benchmark in dict.fromkeys(r["benchmark"] for r in rows):
+                left, right = index.get((a, budget, benchmark)), index.get((b, budget, benchmark))
+                if left is None or right is None or any(s is None for s in left["_stats"] + right["_stats"]):
+                    continue
+                sides = [rs.stack_seeds(left["_stats"]), rs.stack_seeds(right["_stats"])]
+                if sides[0].n_units != sides[1].n_units:
+                    continue
+                metric = left["metric"]
+                draws = rs.replicates(sides, [[metric], [metric]], resamples, seed)
+                observed = left["mean"] - right["mean"]
+                test = rs.paired_from_replicates(observed, draws[0][metric] - draws[1][metric], level)
+                family.append({"a": a, "b": b, "budget_images": budget, "benchmark": benchmark, "metric": metric,
+                               "delta": observed, "low": test.low, "high": test.high, "p_value": test.p_value})
+            for row, adjusted in zip(family, rs.holm([r["p_value"] for r in family])):
+                row["p_holm"] = adjusted
+                row["significant"] = adjusted < 1 - level
+            out += family
+    return out
+
+
+def _pp(value: float) -> str:
+    return "—" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def render_markdown(plan: dict[str, Any], rows: list[dict[str, Any]], differences: list[dict[str, Any]],
+                    resamples: int, level: float) -> str:
+    """Return the study report as Markdown: one table per benchmark (recipes x budgets), compute, differences."""
+    budgets = sorted({r["budget_images"] for r in rows})
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    index = {(r["label"], r["budget_images"], r["benchmark"]): r for r in rows}
+    lines = [f"# Study: {plan['name']}", ""]
+    if plan.get("description"):
+        lines += [plan["description"], ""]
+    lines += [f"Each cell: the mean over seeds of the main metric (%), and its {100 * level:g}% percentile-bootstrap "
+              f"interval over images and seeds ({resamples:,} resamples; a trained head's own seeds count as seeds "
+              f"too), at equal images seen. Seeds per cell in brackets when fewer than planned.", ""]
+    planned = {(r["label"], r["budget_images"]): 0 for r in plan["runs"]}
+    for run in plan["runs"]:
+        planned[(run["label"], run["budget_images"])] += 1
+    lines += ["## Compute", "", "| recipe | " + " | ".join(f"{b:,} images: training FLOPs" for b in budgets) + " |",
+              "|---|" + "---:|" * len(budgets)]
+    for label in labels:
+        cells = []
+        for budget in budgets:
+            found = [r for r in rows if r["label"] == label and r["budget_images"] == budget]
+            cells.append(f"{found[0]['training_flops']:.3g}" if found else "—")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for benchmark in dict.fromkeys(r["benchmark"] for r in rows):
+        metric = next(r["metric"] for r in rows if r["benchmark"] == benchmark)
+        lines += ["", f"## {benchmark} ({metric})", "", "| recipe | " + " | ".join(f"{b:,} images" for b in budgets)
+                  + " |", "|---|" + "---:|" * len(budgets)]
+        for label in labels:
+            cells = []
+            for budget in budgets:
+                row = index.get((label, budget, benchmark))
+                if row is None:
+                    cells.append("—")
+                    continue
+                short = f" [{len(row['seeds'])} of {planned[(label, budget)]} seeds]" \
+                    if len(row["seeds"]) < planned[(label, budget)] else ""
+                cells.append(f"{_pp(row['mean'])} [{_pp(row['low'])}, {_pp(row['high'])}]{short}")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if differences:
+        lines += ["", "## Paired differences", "",
+                  f"a − b in percentage points with its paired {100 * level:g}% interval (same images, same seed "
+                  f"draws); p from the paired bootstrap, Holm-corrected across the benchmarks of each pair and budget; "
+                  f"* significant at {1 - level:.2g}.", "",
+                  "| a − b | budget | benchmark | delta | interval | Holm p |", "|---|---:|---|---:|---:|---:|"]
+        for d in differences:
+            star = "*" if d["significant"] else ""
+            lines.append(f"| {d['a']} − {d['b']} | {d['budget_images']:,} | {d['benchmark']} | "
+                         f"{100 * d['delta']:+.2f}{star} | [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] | "
+                         f"{d['p_holm']:.3g} |")
+    lines += ["", f"![score against training FLOPs]({PLOT_FILE})", ""]
+    return "\n".join(lines)
+
+
+def render_csv(rows: list[dict[str, Any]]) -> str:
+    """Return the long table: label, budget, benchmark, metric, mean, interval, seeds, compute."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["label", "budget_images", "benchmark", "group", "metric", "mean", "ci_low", "ci_high", "seeds",
+                     "seed_values", "images_seen", "training_flops"])
+    for r in rows:
+        writer.writerow([r["label"], r["budget_images"], r["benchmark"], r["group"], r["metric"],
+                         f"{r['mean']:.6f}", f"{r['low']:.6f}", f"{r['high']:.6f}", " ".join(map(str, r["seeds"])),
+                         " ".join("nan" if v is None else f"{v:.6f}" for v in r["seed_values"]),
+                         f"{r['images_seen']:.0f}", f"{r['training_flops']:.6g}"])
+    return buffer.getvalue()
+
+
+def render_plot(rows: list[dict[str, Any]]) -> bytes:
+    """Return a PNG: one panel per benchmark, each recipe's mean (with its interval) against training FLOPs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    benchmarks = list(dict.fromkeys(r["benchmark"] for r in rows))
+    columns = min(4, len(benchmarks))
+    lines = math.ceil(len(benchmarks) / columns)
+    figure = Figure(figsize=(4 * columns, 3 * lines))
+    FigureCanvasAgg(figure)
+    for position, benchmark in enumerate(benchmarks, 1):
+        axis = figure.add_subplot(lines, columns, position)
+        for label in dict.fromkeys(r["label"] for r in rows):
+            points = sorted((r["training_flops"], r["mean"], r["low"], r["high"]) for r in rows
+                            if r["benchmark"] == benchmark and r["label"] == label)
+            if not points:
+                continue
+            x, y, low, high = (np.array(v, dtype=float) for v in zip(*points))
+            error = np.vstack([np.nan_to_num(y - low), np.nan_to_num(high - y)]) * 100
+            axis.errorbar(x, 100 * y, yerr=error, marker="o", capsize=3, label=label)
+        axis.set_xscale("log")
+        axis.set_title(benchmark, fontsize=8)
+        axis.set_xlabel("training FLOPs", fontsize=7)
+        axis.tick_params(labelsize=6)
+    figure.axes[0].legend(fontsize=6)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
+def write_study_report(output: Path, resamples: int = rs.DEFAULT_RESAMPLES, seed: int = rs.DEFAULT_SEED,
+                       level: float = rs.DEFAULT_LEVEL) -> Path:
+    """Write report.md, study.csv and score_vs_flops.png into the study folder; return report.md's path."""
+    output = Path(output)
+    plan = read_plan(output)
+    rows = summarize(output, resamples, seed, level)
+    if not rows:
+        raise UserError(f"no records of the study's models under {output / 'results'}; run 'silc-eval study' first")
+    pairs = [tuple(p) for p in plan.get("compare", [])]
+    differences = paired_differences(rows, pairs, resamples, seed, level)
+    atomic_write_text(output / TABLE_FILE, render_csv(rows))
+    atomic_write_bytes(output / PLOT_FILE, render_plot(rows))
+    atomic_write_text(output / REPORT_FILE, render_markdown(plan, rows, differences, resamples, level))
+    return output / REPORT_FILE

@@ -1,0 +1,184 @@
+"""A training study declared as data: recipes x budgets (images seen) x seeds, trained, evaluated, reported.
+
+The study file (YAML):
+
+    name: zoo-recipes
+    description: ...
+    suite: all                       # or benchmarks: [name, ...]
+    compare: [[silc, clip]]          # recipe pairs whose paired differences the report gives (optional)
+    seeds: [0, 1, 2]
+    budgets: [5120, 10240]           # images seen; steps = ceil(images / the recipe's batch size)
+    set: {data: {n_train: 10240}}    # merged into every recipe (optional)
+    recipes:
+      clip: {recipe: clip}
+      silc-horizon: {recipe: silc, set: {objective: {distill: {ema_horizon_images: 2048}}}}
+
+Every run (recipe label x budget x seed) gets a recipe file written under OUTPUT/recipes (the
+named recipe with the study's and the run's `set` merged in, its seed and steps, no evaluation
+during training), a model under OUTPUT/models/<label>-<budget>-s<seed>, and its records under
+OUTPUT/results. The command resumes: a model whose card exists is not trained again (an
+interrupted one resumes from its own checkpoint), and the evaluation keeps every record whose
+inputs are unchanged. OUTPUT/study.json maps each model to its label, budget and seed; the
+report (report/study_report.py) reads only that file, the records and the cards.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from silc_eval.core.errors import UserError
+from silc_eval.core.io import atomic_write_text
+from silc_eval.core.log import log
+from silc_eval.core.schema import check_keys, load_yaml_mapping
+from silc_eval.models.zoo import CARD_FILE
+from silc_eval.registry import resolve_benchmarks, resolve_suite
+from silc_eval.train.recipe import available_recipes, load_recipe, recipes_dir
+
+PLAN_FILE = "study.json"
+STUDY_KEYS = {"name", "description", "suite", "benchmarks", "seeds", "budgets", "set", "recipes", "compare"}
+
+
+@dataclass(frozen=True)
+class StudyRun:
+    """One training run of a study: which recipe variant, how many images, which seed, and where it goes."""
+
+    label: str
+    recipe: str
+    budget: int
+    seed: int
+    changes: dict
+
+    @property
+    def model_name(self) -> str:
+        """Return the run's model folder name, <label>-<budget>-s<seed>."""
+        return f"{self.label}-{self.budget}-s{self.seed}"
+
+
+@dataclass(frozen=True)
+class Study:
+    """A parsed study file."""
+
+    name: str
+    description: str
+    benchmarks: tuple[str, ...]
+    suite: str | None
+    runs: tuple[StudyRun, ...]
+    compare: tuple[tuple[str, str], ...] = ()
+
+
+def merged(base: dict, changes: dict) -> dict:
+    """Return a deep copy of base with changes merged in (mappings merged key by key, anything else replaced)."""
+    out = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _int_list(path: Path, key: str, value: Any, minimum: int) -> list[int]:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in value):
+        raise UserError(f"{path}: '{key}' must be a non-empty list of whole numbers >= {minimum}, got {value!r}")
+    if len(set(value)) != len(value):
+        raise UserError(f"{path}: '{key}' lists a value twice: {value!r}")
+    return value
+
+
+def load_study(path: Path) -> Study:
+    """Return the Study of a study file; a malformed file is a UserError naming what was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"study file {path} does not exist; expected a YAML file with name, seeds, budgets, recipes")
+    data = load_yaml_mapping(path)
+    check_keys(path, "study", data, ("name", "seeds", "budgets", "recipes"), STUDY_KEYS - {"name", "seeds",
+                                                                                         "budgets", "recipes"})
+    if ("suite" in data) == ("benchmarks" in data):
+        raise UserError(f"{path}: give exactly one of 'suite' (a suite name) or 'benchmarks' (a list of names)")
+    benchmarks = resolve_suite(data["suite"]) if "suite" in data else resolve_benchmarks(list(data["benchmarks"]))
+    seeds = _int_list(path, "seeds", data["seeds"], 0)
+    budgets = _int_list(path, "budgets", data["budgets"], 1)
+    common = data.get("set") or {}
+    recipes = data["recipes"]
+    if not isinstance(common, dict) or not isinstance(recipes, dict) or not recipes:
+        raise UserError(f"{path}: 'recipes' must map labels to {{recipe: NAME, set: {{...}}}} and 'set' be a mapping")
+    runs = []
+    for label, entry in recipes.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("recipe"), str) or \
+                not set(entry) <= {"recipe", "set"} or not isinstance(entry.get("set", {}), dict):
+            raise UserError(f"{path}: recipe '{label}' must be {{recipe: NAME, set: {{...}}}}, got {entry!r}")
+        if entry["recipe"] not in available_recipes() and not Path(entry["recipe"]).is_file():
+            raise UserError(f"{path}: recipe '{label}': unknown recipe '{entry['recipe']}'; expected one of "
+                            f"{', '.join(available_recipes())} or a YAML path")
+        changes = merged(common, entry.get("set") or {})
+        runs += [StudyRun(str(label), entry["recipe"], budget, seed, changes) for budget in budgets for seed in seeds]
+    compare = data.get("compare") or []
+    if not isinstance(compare, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(str(x) in recipes for x in p) for p in compare):
+        raise UserError(f"{path}: 'compare' must list pairs of recipe labels [a, b] among {', '.join(recipes)}")
+    return Study(str(data["name"]), " ".join(str(data.get("description") or "").split()),
+                 tuple(b.name for b in benchmarks), data.get("suite"), tuple(runs),
+                 tuple((str(a), str(b)) for a, b in compare))
+
+
+def run_recipe(run: StudyRun, folder: Path) -> dict[str, Any]:
+    """Write the run's recipe file under folder and return it loaded (validated): the named recipe with the
+    study's changes, the run's seed, steps for its budget, and no evaluation during training."""
+    source = Path(run.recipe) if Path(run.recipe).is_file() else recipes_dir() / f"{run.recipe}.yaml"
+    recipe = merged(load_yaml_mapping(source), run.changes)
+    batch = (recipe.get("optim") or {}).get("batch_size")
+    if not isinstance(batch, int) or batch < 1:
+        raise UserError(f"study recipe {run.label}: optim.batch_size must be set to turn images into steps")
+    recipe["name"] = run.model_name
+    recipe["seed"] = run.seed
+    recipe["optim"] = {**recipe["optim"], "steps": math.ceil(run.budget / batch), "eval_every": 0}
+    recipe["eval_suite"] = None
+    path = folder / f"{run.model_name}.yaml"
+    atomic_write_text(path, yaml.safe_dump(recipe, sort_keys=False))
+    return load_recipe(str(path))
+
+
+def write_plan(study: Study, output: Path) -> None:
+    """Write OUTPUT/study.json: the study's name, benchmarks and every run's model, label, budget and seed."""
+    plan = {"name": study.name, "description": study.description, "benchmarks": list(study.benchmarks),
+            "compare": [list(pair) for pair in study.compare],
+            "runs": [{"model": r.model_name, "label": r.label, "recipe": r.recipe, "budget_images": r.budget,
+                      "seed": r.seed, "set": r.changes} for r in study.runs]}
+    atomic_write_text(output / PLAN_FILE, json.dumps(plan, indent=1) + "\n")
+
+
+def run_study(study_file: Path, output: Path, device: str = "cpu", progress: bool = True,
+              train_only: bool = False) -> Path:
+    """Train, evaluate and report every run of a study into output (resuming what is done); return the
+    report's path (or the models folder with train_only)."""
+    from silc_eval.evaluate.runner import RunConfig, run
+    from silc_eval.report.study_report import write_study_report
+    from silc_eval.train.loop import train
+
+    study = load_study(study_file)
+    output = Path(output)
+    for folder in ("recipes", "models", "results"):
+        (output / folder).mkdir(parents=True, exist_ok=True)
+    write_plan(study, output)
+    for index, one in enumerate(study.runs, 1):
+        model = output / "models" / one.model_name
+        recipe = run_recipe(one, output / "recipes")
+        if (model / CARD_FILE).is_file():
+            continue
+        log(f"study {study.name}: training {one.model_name} ({index}/{len(study.runs)}, {recipe['optim']['steps']} "
+            f"steps)")
+        train(recipe, model, device=device, evaluate=False, progress=progress)
+    if train_only:
+        return output / "models"
+    models = [f"local-dir:{output / 'models' / r.model_name}" for r in study.runs]
+    run(RunConfig(benchmarks=resolve_benchmarks(list(study.benchmarks)), models=models, output=output / "results",
+                  data_root=None, synthscenes_root=None, device=device, progress=progress, force=False))
+    return write_study_report(output)

@@ -1,0 +1,128 @@
+"""The training study: a YAML of recipes x budgets x seeds, trained, evaluated and reported; it resumes without
+redoing finished runs, and its report's means and intervals are recomputed from its records."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import yaml
+from test_training import TINY_MODEL
+
+from silc_eval.cli import main
+from silc_eval.core import resampling as rs
+from silc_eval.core.errors import UserError
+from silc_eval.core.records import read_samples, record_path
+from silc_eval.registry import task_contract
+from silc_eval.train import loop
+from silc_eval.train.study import load_study, merged
+
+BENCHMARKS = ["synthscenes-zeroshot", "synthscenes-zeroshot-seg-vanilla"]
+
+
+def tiny_recipe_file(folder, name, objective):
+    recipe = {"name": name, "objective": objective, "seed": 0, "model": TINY_MODEL,
+              "data": {"source": "synthscenes", "n_train": 64, "shuffle_buffer": 16},
+              "optim": {"batch_size": 8, "steps": 1000, "warmup_steps": 1, "log_every": 1, "checkpoint_every": 0,
+                        "lr": 1e-3}}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+@pytest.fixture
+def study_file(tmp_path):
+    recipes = {"a": {"recipe": tiny_recipe_file(tmp_path, "tiny-clip", "clip")},
+               "b": {"recipe": tiny_recipe_file(tmp_path, "tiny-siglip", "siglip"), "set": {"optim": {"lr": 2e-3}}}}
+    study = {"name": "tiny", "benchmarks": BENCHMARKS, "seeds": [0, 1], "budgets": [16, 24], "recipes": recipes,
+             "compare": [["b", "a"]]}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_study_files_are_checked_with_one_line(tmp_path, study_file):
+    study = load_study(study_file)
+    assert len(study.runs) == 2 * 2 * 2 and study.runs[0].model_name == "a-16-s0"
+    assert study.runs[-1].changes == {"optim": {"lr": 2e-3}}
+    data = yaml.safe_load(study_file.read_text())
+    for change, message in (({"seeds": []}, "non-empty list"), ({"budgets": [16, 16]}, "twice"),
+                            ({"compare": [["a", "zzz"]]}, "pairs of recipe labels"),
+                            ({"recipes": {"a": {"recipe": "no-such-recipe"}}}, "unknown recipe"),
+                            ({"suite": "all"}, "exactly one of")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({**data, **change}))
+        with pytest.raises(UserError, match=message):
+            load_study(path)
+    assert main(["study", str(tmp_path / "missing.yaml"), "--output", str(tmp_path / "o")]) == 2
+
+
+def test_merged_recipes_keep_what_they_do_not_change():
+    base = {"optim": {"lr": 1, "steps": 2}, "objective": {"name": "silc", "distill": {"out_dim": 8}}}
+    out = merged(base, {"optim": {"lr": 3}, "objective": {"distill": {"start_step": 4}}})
+    assert out == {"optim": {"lr": 3, "steps": 2}, "objective": {"name": "silc", "distill": {"out_dim": 8,
+                                                                                            "start_step": 4}}}
+    assert base["optim"]["lr"] == 1  # a copy
+
+
+def test_study_trains_evaluates_reports_and_resumes_without_retraining(tmp_path, study_file, monkeypatch):
+    output = tmp_path / "out"
+    trained = []
+    original = loop.train
+
+    def counting(recipe, folder, **kwargs):
+        trained.append(folder.name)
+        return original(recipe, folder, **kwargs)
+
+    monkeypatch.setattr(loop, "train", counting)
+    assert main(["study", str(study_file), "--output", str(output), "--no-progress"]) == 0
+    assert sorted(trained) == sorted(f"{label}-{budget}-s{seed}" for label in "ab" for budget in (16, 24)
+                                     for seed in (0, 1))
+    card = yaml.safe_load((output / "models" / "b-24-s1" / "card.yaml").read_text())
+    assert card["training"]["steps"] == 3 and card["training"]["seed"] == 1 and card["training"]["optim"]["lr"] == 2e-3
+    assert card["compute"]["images_seen"] == 24
+    report = (output / "report.md").read_text()
+    assert "## synthscenes-zeroshot (acc1)" in report and "| b − a | 16 |" in report
+    assert (output / "score_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
+
+    # Resume: nothing is trained again and every record is kept.
+    trained.clear()
+    stamps = {p: p.stat().st_mtime_ns for p in (output / "results" / "records").glob("*/*.json")}
+    assert main(["study", str(study_file), "--output", str(output), "--no-progress"]) == 0
+    assert trained == []
+    assert {p: p.stat().st_mtime_ns for p in (output / "results" / "records").glob("*/*.json")} == stamps
+
+    # The report's numbers, recomputed from the records: mean over seeds and the stacked bootstrap.
+    rows = list(csv.DictReader((output / "study.csv").open()))
+    assert len(rows) == 2 * 2 * len(BENCHMARKS)
+    plan = json.loads((output / "study.json").read_text())
+    for row in rows:
+        models = [r["model"] for r in plan["runs"] if r["label"] == row["label"]
+                  and r["budget_images"] == int(row["budget_images"])]
+        records = [json.loads(record_path(output / "results", m, row["benchmark"]).read_text()) for m in models]
+        values = [r["metrics"][row["metric"]] for r in records]
+        assert float(row["mean"]) == pytest.approx(np.mean(values), abs=1e-6)
+        stats = [task_contract(r["benchmark"]["task"]).unit_statistics(
+            read_samples(record_path(output / "results", r["model"]["name"], r["benchmark"]["name"]), r),
+            r["protocol"]) for r in records]
+        interval = rs.bootstrap_interval(rs.stack_seeds(stats), row["metric"])
+        assert (float(row["ci_low"]), float(row["ci_high"])) == pytest.approx((interval.low, interval.high), abs=1e-6)
+        assert float(row["ci_low"]) <= float(row["mean"]) <= float(row["ci_high"])
+
+
+def test_stacked_seeds_average_the_seeds_and_resample_them():
+    rng = np.random.default_rng(0)
+    correct = [rng.random((50, 1, 1)) < p for p in (0.3, 0.7)]
+
+    def reduce(sums):
+        return {"acc": sums[..., 0] / 50}
+
+    stats = [rs.UnitStatistics(c.astype(float), reduce) for c in correct]
+    stacked = rs.stack_seeds(stats)
+    assert stacked.seeds == 2
+    assert rs.full_sample(stacked, ["acc"])["acc"] == pytest.approx(np.mean([c.mean() for c in correct]))
+    wide = rs.bootstrap_interval(stacked, "acc")
+    narrow = rs.bootstrap_interval(stats[0], "acc")
+    assert wide.high - wide.low > narrow.high - narrow.low  # the seeds' spread widens the interval
