@@ -18,7 +18,9 @@ named recipe with the study's and the run's `set` merged in, its seed and steps,
 during training), a model under OUTPUT/models/<label>-<budget>-s<seed>, and its records under
 OUTPUT/results. The command resumes: a model whose card exists is not trained again (an
 interrupted one resumes from its own checkpoint), and the evaluation keeps every record whose
-inputs are unchanged. OUTPUT/study.json maps each model to its label, budget and seed; the
+inputs are unchanged. Runs go seed by seed (every recipe and budget of the first seed, then the
+next), and each seed's round ends with the evaluation and the report, so a study cut short
+already compares every recipe. OUTPUT/study.json maps each model to its label, budget and seed; the
 report (report/study_report.py) reads only that file, the records and the cards.
 """
 
@@ -168,17 +170,23 @@ def run_study(study_file: Path, output: Path, device: str = "cpu", progress: boo
     for folder in ("recipes", "models", "results"):
         (output / folder).mkdir(parents=True, exist_ok=True)
     write_plan(study, output)
-    for index, one in enumerate(study.runs, 1):
-        model = output / "models" / one.model_name
-        recipe = run_recipe(one, output / "recipes")
-        if (model / CARD_FILE).is_file():
+    report = output / "models"
+    seeds = list(dict.fromkeys(r.seed for r in study.runs))
+    for round_number, seed in enumerate(seeds, 1):  # seed by seed, so a partial study already compares recipes
+        for one in [r for r in study.runs if r.seed == seed]:
+            model = output / "models" / one.model_name
+            recipe = run_recipe(one, output / "recipes")
+            if (model / CARD_FILE).is_file():
+                continue
+            log(f"study {study.name}: training {one.model_name} (seed {round_number} of {len(seeds)}, "
+                f"{recipe['optim']['steps']} steps)")
+            train(recipe, model, device=device, evaluate=False, progress=progress)
+        if train_only:
             continue
-        log(f"study {study.name}: training {one.model_name} ({index}/{len(study.runs)}, {recipe['optim']['steps']} "
-            f"steps)")
-        train(recipe, model, device=device, evaluate=False, progress=progress)
-    if train_only:
-        return output / "models"
-    models = [f"local-dir:{output / 'models' / r.model_name}" for r in study.runs]
-    run(RunConfig(benchmarks=resolve_benchmarks(list(study.benchmarks)), models=models, output=output / "results",
-                  data_root=None, synthscenes_root=None, device=device, progress=progress, force=False))
-    return write_study_report(output)
+        done = [r for r in study.runs if (output / "models" / r.model_name / CARD_FILE).is_file()]
+        run(RunConfig(benchmarks=resolve_benchmarks(list(study.benchmarks)),
+                      models=[f"local-dir:{output / 'models' / r.model_name}" for r in done],
+                      output=output / "results", data_root=None, synthscenes_root=None, device=device,
+                      progress=progress, force=False))
+        report = write_study_report(output)
+    return report
