@@ -127,6 +127,10 @@ def render_markdown(plan: dict[str, Any], rows: list[dict[str, Any]], difference
     planned = {(r["label"], r["budget_images"]): 0 for r in plan["runs"]}
     for run in plan["runs"]:
         planned[(run["label"], run["budget_images"])] += 1
+    if any(len(r["seeds"]) < 2 for r in rows):
+        lines += ["**Incomplete:** a cell with one trained seed has an interval over images (and a trained head's "
+                  "seeds) only, not over training seeds: its differences, starred or not, may not survive the "
+                  "other seeds.", ""]
     lines += ["## Compute", "", "| recipe | " + " | ".join(f"{b:,} images: training FLOPs" for b in budgets) + " |",
               "|---|" + "---:|" * len(budgets)]
     for label in labels:
