@@ -17,7 +17,9 @@ from silc_eval.train.diagnostics import (
     horizon_from_momentum,
     momentum_from_horizon,
     relative_drift,
+    summary_entropies,
     target_entropies,
+    target_summary,
 )
 from silc_eval.train.factory import build_objective
 from silc_eval.train.loop import train
@@ -92,9 +94,11 @@ def test_the_collapse_detector_fires_on_planted_collapses_and_not_on_a_healthy_t
     collapsed[:, 5] = 1.0  # every sample on one prototype
     uniform = torch.full((32, prototypes), 1.0 / prototypes)
     healthy = torch.softmax(torch.randn(32, prototypes, generator=generator) * 8, dim=-1)  # peaked, diverse
-    assert "collapsed" in entropy_warning(*target_entropies(collapsed), prototypes)
-    assert "near uniform" in entropy_warning(*target_entropies(uniform), prototypes)
+    assert entropy_warning(*target_entropies(collapsed), prototypes).kind == "collapsed targets"
+    assert "near uniform" in entropy_warning(*target_entropies(uniform), prototypes).message
     assert entropy_warning(*target_entropies(healthy), prototypes) is None
+    # The per-step summary over the views' targets equals the entropies of all targets together.
+    assert summary_entropies(target_summary([healthy[:10], healthy[10:]])) == pytest.approx(target_entropies(healthy))
     per_sample, batch_mean = target_entropies(uniform)
     assert per_sample == pytest.approx(math.log(prototypes)) and batch_mean == pytest.approx(math.log(prototypes))
 
@@ -124,4 +128,5 @@ def test_training_logs_and_cards_carry_the_diagnostics(tmp_path):
     assert 0.0 < history[2]["teacher_drift"]  # the teacher restarted from the student, then one EMA update
     assert card["training"]["ema_momentum"] == pytest.approx(1 - 8 / 32)
     assert card["training"]["distill_start_step"] == 2
-    assert isinstance(card["diagnostics"]["warnings"], list)
+    kinds = [w["kind"] for w in card["diagnostics"]["warnings"]]
+    assert len(kinds) == len(set(kinds)) and set(kinds) <= {"uniform targets", "collapsed targets"}

@@ -11,8 +11,8 @@ and L-BFGS (strong Wolfe line search) from zero reaches it in tens of passes ove
 windows instead of thousands of stochastic steps.
 
 Each pass computes the loss and its exact gradient without autograd, a chunk of windows at a
-time: logits -> two small matrix products (rows, columns of the upsampling) -> log-softmax ->
-(softmax - one-hot) -> the transposed products -> the gradient of W and b.
+time: the logits' upsampled cross-entropy and its gradient (heads.upsampled_cross_entropy, the
+decoder's loss too), then the gradient of W and b through the 1x1 layer.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from silc_eval.core.labels import IGNORE_INDEX
-from silc_eval.machinery.windows import bilinear_matrix
+from silc_eval.machinery.heads import upsampled_cross_entropy
 
 LOGITS_PER_CHUNK = 1_000_000  # upsampled logits held at once (windows x classes x pixels): ~4 MB, cache-sized
 
@@ -47,12 +46,13 @@ class StandardizedLinear(nn.Module):
 
 @dataclass(frozen=True)
 class ProbeFit:
-    """How the solver ended: iterations, loss evaluations, final objective and gradient norm."""
+    """How the solver ended: iterations, loss evaluations, final objective, the gradient's norm and largest entry."""
 
     iterations: int
     evaluations: int
     objective: float
     gradient_norm: float
+    gradient_max: float
     converged: bool
 
 
@@ -87,25 +87,18 @@ def upsampled_loss_and_gradient(weight: torch.Tensor, bias: torch.Tensor, featur
     windows, gh, gw, dim = features.shape
     height, width = labels.shape[-2:]
     classes = weight.shape[0]
-    rows = bilinear_matrix(height, gh).to(device, torch.float32)
-    cols = bilinear_matrix(width, gw).to(device, torch.float32)
     mean, std = mean.to(device), std.to(device)
     chunk = max(1, LOGITS_PER_CHUNK // (classes * height * width))
     grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for start in range(0, windows, chunk):
         tokens = ((features[start:start + chunk].to(device, torch.float32) - mean) / std).reshape(-1, gh * gw, dim)
-        label = labels[start:start + chunk].to(device)
-        valid = label != IGNORE_INDEX
-        target = torch.where(valid, label, 0).long()[:, None]
         logits = (tokens @ weight.T + bias).transpose(1, 2).reshape(-1, classes, gh, gw)
-        log_probs = torch.log_softmax(rows @ logits @ cols.T, dim=1)
-        total -= (log_probs.gather(1, target)[:, 0] * valid).sum(dtype=torch.float64)
-        count += int(valid.sum())
-        delta = log_probs.exp_()
-        delta.scatter_add_(1, target, torch.full(target.shape, -1.0, device=device))
-        delta.mul_(valid[:, None])
-        patch_delta = (rows.T @ delta @ cols).reshape(-1, classes, gh * gw)
+        chunk_total, chunk_count, grad_logits = upsampled_cross_entropy(logits, labels[start:start + chunk].to(device),
+                                                                        normalizer=1.0)
+        total += chunk_total
+        count += int(chunk_count)
+        patch_delta = grad_logits.reshape(-1, classes, gh * gw)
         grad_weight += torch.einsum("bcp,bpd->cd", patch_delta, tokens)
         grad_bias += patch_delta.sum((0, 2))
     scale = 1.0 / max(count, 1)
@@ -146,7 +139,8 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     with torch.no_grad():
         value, grad_weight, grad_bias = objective()
     gradient = torch.cat([grad_weight.flatten(), grad_bias])
-    fit = ProbeFit(int(optimizer.state[weight].get("n_iter", 0)), evaluations, value, float(gradient.norm()),
-                   float(gradient.abs().max()) <= tolerance)
+    largest = float(gradient.abs().max())
+    fit = ProbeFit(int(optimizer.state[weight].get("n_iter", 0)), evaluations, value, float(gradient.norm()), largest,
+                   largest <= tolerance)
     probe = StandardizedLinear(mean.to(device), std.to(device), weight.detach(), bias.detach())
     return probe.eval(), fit

@@ -8,8 +8,8 @@ Shared by the open-vocabulary and the linear-probe tasks:
   to the window if smaller, then cut into the sliding-window boxes of evaluation) and kept
   in the on-disk feature cache;
 - the loss: cross-entropy of patch logits upsampled bilinearly to the window's labels,
-  written as two matrix products with a hand-written backward pass (same value and gradient
-  as interpolate + cross_entropy, about twice as fast on a CPU);
+  written as two matrix products with a hand-written gradient (same value and gradient as
+  interpolate + cross_entropy, about twice as fast on a CPU), shared with the convex probe;
 - a seeded training loop over mini-batches of cached windows (AdamW, poly decay), one head
   per seed (the linear probe is convex and solved by convex_probe.py instead);
 - sliding-window evaluation of every seed's head over the evaluation windows' features,
@@ -186,34 +186,46 @@ def seeded_module(seed: int, build: Callable[[], nn.Module]) -> nn.Module:
         return build()
 
 
-class _UpsampledCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy (ignore 255) of logits (B, Q, gh, gw) bilinearly upsampled to labels (B, h, w).
+def upsampled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, normalizer: torch.Tensor | float | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (the cross-entropy summed over valid pixels (float64), the number of valid pixels, the gradient of
+    that sum divided by normalizer with respect to logits (B, Q, gh, gw)) of logits upsampled bilinearly
+    (align_corners=False) to labels (B, h, w); pixels labelled 255 do not count. normalizer defaults to the
+    valid count (at least 1): the gradient of the mean.
 
-    Bilinear upsampling is separable, so it is two small matrix products (rows, then columns)
-    instead of F.interpolate; the backward pass is written out (softmax minus one-hot, masked,
-    through the transposed products), which saves most of the memory traffic of autograd
-    through interpolate and cross_entropy. Same value and gradient (tests/test_trained_segmentation.py).
+    Bilinear upsampling is separable, so it is two small matrix products (rows, then columns) instead of
+    F.interpolate, and the gradient is written out: softmax minus one-hot, masked, through the transposed
+    products. It is computed with the value, so nothing of pixel size outlives the call.
     """
+    rows = bilinear_matrix(labels.shape[-2], logits.shape[-2]).to(logits.device, logits.dtype)
+    cols = bilinear_matrix(labels.shape[-1], logits.shape[-1]).to(logits.device, logits.dtype)
+    log_probs = torch.log_softmax(torch.matmul(torch.matmul(rows, logits), cols.T), dim=1)
+    valid = labels != IGNORE_INDEX
+    count = valid.sum()
+    target = torch.where(valid, labels, 0).long()[:, None]
+    total = -(log_probs.gather(1, target)[:, 0] * valid).sum(dtype=torch.float64)
+    scale = 1.0 / (count.clamp(min=1).to(logits.dtype) if normalizer is None else normalizer)
+    delta = log_probs.exp_()
+    delta.scatter_add_(1, target, torch.full(target.shape, -1.0, dtype=delta.dtype, device=delta.device))
+    delta.mul_((valid * scale).to(delta.dtype)[:, None])
+    return total, count, torch.matmul(torch.matmul(rows.T, delta), cols)
+
+
+class _UpsampledCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy (ignore 255) of logits (B, Q, gh, gw) bilinearly upsampled to labels (B, h, w), with the
+    gradient of upsampled_cross_entropy: most of the memory traffic of autograd through interpolate and
+    cross_entropy is saved. Same value and gradient (tests/test_window_features.py)."""
 
     @staticmethod
     def forward(ctx, logits, labels):
-        rows = bilinear_matrix(labels.shape[-2], logits.shape[-2]).to(logits.device, logits.dtype)
-        cols = bilinear_matrix(labels.shape[-1], logits.shape[-1]).to(logits.device, logits.dtype)
-        log_probs = torch.log_softmax(torch.matmul(torch.matmul(rows, logits), cols.T), dim=1)
-        valid = labels != IGNORE_INDEX
-        count = valid.sum().clamp(min=1)
-        target = torch.where(valid, labels, 0).long()[:, None]
-        loss = -(log_probs.gather(1, target)[:, 0] * valid).sum() / count
-        ctx.save_for_backward(log_probs, target, valid, count, rows, cols)
-        return loss
+        total, count, gradient = upsampled_cross_entropy(logits, labels)
+        ctx.save_for_backward(gradient)
+        return (total / count.clamp(min=1)).to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        log_probs, target, valid, count, rows, cols = ctx.saved_tensors
-        delta = log_probs.exp()
-        delta.scatter_add_(1, target, torch.full(target.shape, -1.0, dtype=delta.dtype, device=delta.device))
-        delta.mul_((valid * (grad / count)).to(delta.dtype)[:, None])
-        return torch.matmul(torch.matmul(rows.T, delta), cols), None
+        gradient, = ctx.saved_tensors
+        return gradient * grad, None
 
 
 def window_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

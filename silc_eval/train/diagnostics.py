@@ -16,7 +16,8 @@ zoo's scale).
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Iterable, Sequence
 
 import torch
 
@@ -40,25 +41,48 @@ def horizon_from_momentum(momentum: float, batch_size: int) -> float:
     return batch_size / (1.0 - momentum)
 
 
+def target_summary(targets: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (mean per-sample entropy, mean distribution (K,)) of probability rows targets (each (n, K)), as
+    tensors on their device (no synchronisation: cheap enough for every step)."""
+    with torch.no_grad():
+        rows = sum(t.shape[0] for t in targets)
+        entropy = sum(-(t * t.clamp_min(1e-30).log()).sum() for t in targets) / rows
+        mean = sum(t.sum(0) for t in targets) / rows
+    return entropy, mean
+
+
+def summary_entropies(summary: tuple[torch.Tensor, torch.Tensor]) -> tuple[float, float]:
+    """Return (mean per-sample entropy, entropy of the batch-mean distribution), in nats, of a target_summary."""
+    entropy, mean = summary
+    mean = mean.double()
+    return float(entropy), float(-(mean * mean.clamp_min(1e-30).log()).sum())
+
+
 def target_entropies(targets: torch.Tensor) -> tuple[float, float]:
     """Return (mean per-sample entropy, entropy of the batch-mean distribution), in nats, of probability rows
     targets (N, K)."""
-    probabilities = targets.detach().double()
-    per_sample = -(probabilities * probabilities.clamp_min(1e-30).log()).sum(-1).mean()
-    mean = probabilities.mean(0)
-    batch = -(mean * mean.clamp_min(1e-30).log()).sum()
-    return float(per_sample), float(batch)
+    return summary_entropies(target_summary([targets.detach()]))
 
 
-def entropy_warning(per_sample: float, batch_mean: float, prototypes: int) -> str | None:
-    """Return a one-line warning when the teacher's targets are near uniform or collapsed, else None."""
+@dataclass(frozen=True)
+class TrainingWarning:
+    """A warning about a run's state: its kind (one is logged per kind and run) and its one-line message."""
+
+    kind: str
+    message: str
+
+
+def entropy_warning(per_sample: float, batch_mean: float, prototypes: int) -> TrainingWarning | None:
+    """Return a TrainingWarning ('uniform targets' or 'collapsed targets') when the teacher's targets are near
+    uniform or collapsed onto few prototypes, else None."""
     ceiling = math.log(prototypes)
     if per_sample >= UNIFORM_FRACTION * ceiling:
-        return (f"teacher targets are near uniform: per-sample entropy {per_sample:.2f} of ln K = {ceiling:.2f} "
-                f"nats (nothing to distil: an EMA horizon too long for the budget, or a teacher temperature too high)")
+        return TrainingWarning("uniform targets", f"teacher targets are near uniform: per-sample entropy "
+                               f"{per_sample:.2f} of ln K = {ceiling:.2f} nats (nothing to distil: an EMA horizon "
+                               f"too long for the budget, or a teacher temperature too high)")
     if batch_mean <= COLLAPSE_FRACTION * ceiling:
-        return (f"teacher targets collapsed onto few prototypes: batch-mean entropy {batch_mean:.2f} of ln K = "
-                f"{ceiling:.2f} nats")
+        return TrainingWarning("collapsed targets", f"teacher targets collapsed onto few prototypes: batch-mean "
+                               f"entropy {batch_mean:.2f} of ln K = {ceiling:.2f} nats")
     return None
 
 

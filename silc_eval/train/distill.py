@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from silc_eval.train.diagnostics import target_entropies
+from silc_eval.train.diagnostics import summary_entropies, target_summary
 
 
 class ViewDistillationLoss(nn.Module):
@@ -29,7 +29,7 @@ class ViewDistillationLoss(nn.Module):
         self.warmup = teacher_temp_warmup_steps
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
-        self.last_entropies: tuple[float, float] | None = None  # the last targets' (per-sample, batch-mean) entropy
+        self._target_summary: tuple[torch.Tensor, torch.Tensor] | None = None  # of the last step's targets
 
     def teacher_temperature(self, step: int) -> float:
         """Return the teacher temperature at step."""
@@ -41,7 +41,7 @@ class ViewDistillationLoss(nn.Module):
         """Return the mean cross-entropy over all (teacher global view, other student view) pairs."""
         temp = self.teacher_temperature(step)
         targets = [F.softmax((t.detach() - self.center) / temp, dim=-1) for t in teacher]
-        self.last_entropies = target_entropies(torch.cat(targets))
+        self._target_summary = target_summary(targets)
         log_probs = [F.log_softmax(s / self.student_temp, dim=-1) for s in student]
         total, pairs = 0.0, 0
         for i, target in enumerate(targets):
@@ -51,6 +51,11 @@ class ViewDistillationLoss(nn.Module):
                 total = total + torch.sum(-target * log_prob, dim=-1).mean()
                 pairs += 1
         return total / pairs
+
+    @property
+    def last_entropies(self) -> tuple[float, float] | None:
+        """Return the last step's (mean per-sample, batch-mean) target entropy in nats, or None before any step."""
+        return None if self._target_summary is None else summary_entropies(self._target_summary)
 
     @torch.no_grad()
     def update_center(self, teacher: Sequence[torch.Tensor]) -> None:

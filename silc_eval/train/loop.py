@@ -419,13 +419,12 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
                 parts = " ".join(f"{k} {v:.4f}" for k, v in {**terms, **diagnostics}.items())
                 mean_loss = window_loss / window_steps
                 run["loss_history"].append([run["step"], round(mean_loss, 6)])
-                run["diagnostics"].append({"step": run["step"], "loss": round(mean_loss, 6),
+                run["diagnostics"].append({"step": run["step"],
                                            **{k: round(v, 6) for k, v in {**terms, **diagnostics}.items()}})
                 warning = objective.warning()
-                kind = None if warning is None else warning.split(":")[0]  # one warning per kind, at its first step
-                if kind is not None and kind not in {w["warning"].split(":")[0] for w in run["warnings"]}:
-                    run["warnings"].append({"step": run["step"], "warning": warning})
-                    warn(f"step {run['step']}: {warning}")
+                if warning is not None and warning.kind not in {w["kind"] for w in run["warnings"]}:
+                    run["warnings"].append({"step": run["step"], "kind": warning.kind, "warning": warning.message})
+                    warn(f"step {run['step']}: {warning.message}")
                 if progress:
                     log(f"step {run['step']:>6d}/{total_steps} epoch {run['epoch']} loss {mean_loss:.4f} {parts} "
                         f"lr {lr:.2e} {window_steps * optim['batch_size'] / elapsed:.0f} img/s")

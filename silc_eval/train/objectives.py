@@ -23,7 +23,13 @@ import torch.nn.functional as F
 from silc_eval.core.errors import UserError
 from silc_eval.models.vit import forward_any_size
 from silc_eval.train.augment import ViewSpec
-from silc_eval.train.diagnostics import effective_rank, entropy_warning, momentum_from_horizon, relative_drift
+from silc_eval.train.diagnostics import (
+    TrainingWarning,
+    effective_rank,
+    entropy_warning,
+    momentum_from_horizon,
+    relative_drift,
+)
 from silc_eval.train.distill import ViewDistillationLoss
 from silc_eval.train.ema import EmaTeacher
 from silc_eval.train.heads import ProjectionHead
@@ -124,8 +130,8 @@ class ContrastiveObjective:
             return {}
         return {"embedding_effective_rank": effective_rank(self._embeddings)}
 
-    def warning(self) -> str | None:
-        """Return a one-line warning about the last step's state (none here), or None."""
+    def warning(self) -> TrainingWarning | None:
+        """Return a warning about the last step's state (none here), or None."""
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -227,17 +233,16 @@ class SelfDistillationMixin:
         """Return the last step's diagnostics: the teacher's target entropies (nats) and drift from its start,
         beside the base objective's."""
         found = super().diagnostics()
-        if self.distilling(self._step) and self.distill_loss.last_entropies is not None:
-            per_sample, batch_mean = self.distill_loss.last_entropies
-            found.update(teacher_entropy=per_sample, teacher_batch_entropy=batch_mean)
+        entropies = self.distill_loss.last_entropies if self.distilling(self._step) else None
+        if entropies is not None:
+            found.update(teacher_entropy=entropies[0], teacher_batch_entropy=entropies[1])
             found["teacher_drift"] = relative_drift(self.teacher.parameters(), self._teacher_start)
         return found
 
-    def warning(self) -> str | None:
-        """Return a warning when the teacher's targets are near uniform or collapsed, else None."""
-        if not self.distilling(self._step) or self.distill_loss.last_entropies is None:
-            return None
-        return entropy_warning(*self.distill_loss.last_entropies, self.distill["out_dim"])
+    def warning(self) -> TrainingWarning | None:
+        """Return a TrainingWarning when the teacher's targets are near uniform or collapsed, else None."""
+        entropies = self.distill_loss.last_entropies if self.distilling(self._step) else None
+        return None if entropies is None else entropy_warning(*entropies, self.distill["out_dim"])
 
     def card_info(self) -> dict[str, Any]:
         """Return the resolved EMA momentum and its horizon, beside the base objective's card entries."""
