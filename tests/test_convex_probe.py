@@ -12,9 +12,13 @@ from sklearn.linear_model import LogisticRegression
 from silc_eval.machinery.convex_probe import (
     StandardizedLinear,
     fit_linear_probe,
+    nearest_loss_and_gradient,
+    patch_label_counts,
+    standardized_tokens,
     token_moments,
     upsampled_loss_and_gradient,
 )
+from silc_eval.machinery.heads import upsampled_cross_entropy
 from silc_eval.machinery.windows import bilinear_matrix
 
 
@@ -113,3 +117,48 @@ def test_the_solver_reaches_the_optimum_from_any_start_and_stops_when_told():
         assert loss + 0.5e-3 * float((start * start).sum()) > objective
     short, short_fit = fit_linear_probe(features, labels, 3, 1e-3, max_iterations=2, tolerance=2e-5, progress=False)
     assert short_fit.iterations <= 2 and not short_fit.converged and short_fit.objective > objective
+
+
+@pytest.mark.parametrize("grid, size", [(4, 16), (3, 16), (5, 7)])
+def test_nearest_problem_equals_autograd_through_nearest_interpolate(grid, size):
+    # The warm start's problem: logits upsampled by torch's own nearest interpolation, on grids that divide the
+    # window and grids that do not.
+    features, labels = problem(6, grid=grid, size=size)
+    mean, std = token_moments(features)
+    generator = torch.Generator().manual_seed(2)
+    weight = torch.randn(3, 5, generator=generator, requires_grad=True)
+    bias = torch.randn(3, generator=generator, requires_grad=True)
+    logits = (((features.float() - mean) / std) @ weight.T + bias).permute(0, 3, 1, 2)
+    upsampled = F.interpolate(logits, size=labels.shape[-2:], mode="nearest")
+    expected = F.cross_entropy(upsampled, labels.long(), ignore_index=255)
+    expected.backward()
+    counts = patch_label_counts(labels, (grid, grid), 3, chunk=4)
+    assert counts.sum() == (labels != 255).sum()
+    tokens = standardized_tokens(features, mean, std, "cpu", chunk=4)
+    with torch.no_grad():
+        loss, grad_weight, grad_bias = nearest_loss_and_gradient(weight, bias, tokens, counts.reshape(-1, 3))
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.allclose(grad_weight, weight.grad, atol=1e-6) and torch.allclose(grad_bias, bias.grad, atol=1e-6)
+
+
+def test_warm_start_reaches_the_same_optimum_in_fewer_passes_over_the_pixels():
+    features, labels = problem(7, windows=30)
+    fits = {start: fit_linear_probe(features, labels, 3, 1e-3, max_iterations=300, tolerance=1e-5, progress=False,
+                                    warm_start=start) for start in ("zero", "nearest")}
+    (cold, cold_fit), (warm, warm_fit) = fits["zero"], fits["nearest"]
+    assert cold_fit.converged and warm_fit.converged
+    assert cold_fit.warm_start_iterations == 0 and warm_fit.warm_start_iterations > 0
+    assert warm_fit.evaluations < cold_fit.evaluations
+    assert warm_fit.objective == pytest.approx(cold_fit.objective, abs=1e-7)
+    assert torch.allclose(warm.weight, cold.weight, atol=5e-3) and torch.allclose(warm.bias, cold.bias, atol=5e-3)
+    with pytest.raises(ValueError, match="warm_start"):
+        fit_linear_probe(features, labels, 3, 1e-3, 10, 1e-5, progress=False, warm_start="random")
+
+
+def test_upsampled_cross_entropy_stays_finite_on_confident_wrong_logits():
+    logits = torch.zeros(1, 3, 2, 2)
+    logits[:, 0] = 500.0  # every pixel says class 0 with certainty; the labels say class 2
+    labels = torch.full((1, 4, 4), 2, dtype=torch.long)
+    total, count, gradient = upsampled_cross_entropy(logits, labels)
+    assert int(count) == 16 and float(total) == pytest.approx(16 * 500.0, rel=1e-6)
+    assert torch.isfinite(gradient).all() and gradient[:, 0].sum() == pytest.approx(1.0, rel=1e-5)

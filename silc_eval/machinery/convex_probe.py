@@ -13,16 +13,25 @@ windows instead of thousands of stochastic steps.
 Each pass computes the loss and its exact gradient without autograd, a chunk of windows at a
 time: the logits' upsampled cross-entropy and its gradient (heads.upsampled_cross_entropy, the
 decoder's loss too), then the gradient of W and b through the 1x1 layer.
+
+A pass over every pixel is the whole cost, so by default (warm_start "nearest") L-BFGS starts from
+the solution of a cheaper neighbour problem: the same probe with logits upsampled by nearest
+neighbour instead of bilinearly. That loss needs only each patch's label counts, so a pass costs
+one patch's worth instead of (h / gh) x (w / gw) pixels' (64x fewer on 8x8 patches), and its
+solution lies close to the bilinear one: the exact problem then converges in far fewer passes.
+The end point is the same problem's, to the same tolerance.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from silc_eval.core.labels import IGNORE_INDEX
 from silc_eval.machinery.heads import upsampled_cross_entropy
 
 LOGITS_PER_CHUNK = 1_000_000  # upsampled logits held at once (windows x classes x pixels): ~4 MB, cache-sized
@@ -44,9 +53,14 @@ class StandardizedLinear(nn.Module):
         return (standardized @ self.weight.T + self.bias).permute(0, 3, 1, 2)
 
 
+WARM_STARTS = ("nearest", "zero")
+
+
 @dataclass(frozen=True)
 class ProbeFit:
-    """How the solver ended: iterations, loss evaluations, final objective, the gradient's norm and largest entry."""
+    """How the solver ended: L-BFGS iterations and loss evaluations on the exact (pixel) problem, final objective,
+    the gradient's norm and largest entry, whether that is within tolerance, and the iterations spent on the
+    nearest-upsampling warm start (0 without one)."""
 
     iterations: int
     evaluations: int
@@ -54,6 +68,7 @@ class ProbeFit:
     gradient_norm: float
     gradient_max: float
     converged: bool
+    warm_start_iterations: int = 0
 
 
 def token_moments(features: torch.Tensor, chunk: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,42 +120,108 @@ def upsampled_loss_and_gradient(weight: torch.Tensor, bias: torch.Tensor, featur
     return float(total) * scale, grad_weight * scale, grad_bias * scale
 
 
-def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float,
-                     max_iterations: int, tolerance: float, device="cpu", progress: bool = True
-                     ) -> tuple[StandardizedLinear, ProbeFit]:
-    """Return (the probe minimising the upsampled cross-entropy + l2/2 ||W||^2 on features (N, gh, gw, D) and
-    labels (N, h, w), how the solver ended).
+def patch_label_counts(labels: torch.Tensor, grid: tuple[int, int], num_classes: int, chunk: int = 256
+                       ) -> torch.Tensor:
+    """Return per window, patch and class the number of valid pixels (float32, (N, gh * gw, C)) of labels (N, h, w)
+    whose nearest patch (the cell holding the pixel, as nearest upsampling of a (gh, gw) grid picks it) is that
+    patch; pixels labelled 255 do not count."""
+    windows, height, width = labels.shape
+    gh, gw = grid
+    cell = ((torch.arange(height) * gh // height)[:, None] * gw + (torch.arange(width) * gw // width)[None]).flatten()
+    counts = torch.zeros(windows, gh * gw * num_classes, dtype=torch.float32)
+    for start in range(0, windows, chunk):
+        block = labels[start:start + chunk].reshape(-1, height * width).long()
+        valid = block != IGNORE_INDEX
+        index = cell[None] * num_classes + torch.where(valid, block, 0)
+        counts[start:start + chunk].scatter_add_(1, index, valid.float())
+    return counts.reshape(windows, gh * gw, num_classes)
 
-    L-BFGS from W = 0, b = 0 (history 20, strong Wolfe line search) stops after max_iterations or
-    once the gradient's largest entry is below tolerance (converged).
+
+def nearest_loss_and_gradient(weight: torch.Tensor, bias: torch.Tensor, tokens: torch.Tensor, counts: torch.Tensor
+                              ) -> tuple[float, torch.Tensor, torch.Tensor]:
+    """Return (mean cross-entropy, its gradient for weight (C, D), for bias (C,)) of the affine probe on standardised
+    patch tokens (P, D) with logits upsampled by nearest neighbour, given each token's pixel label counts (P, C)
+    (patch_label_counts, flattened).
+
+    Every pixel of a patch's cell shares the patch's logits, so the pixel sum is a count-weighted sum per patch.
     """
-    mean, std = token_moments(features)
-    weight = torch.zeros(num_classes, features.shape[-1], device=device, requires_grad=True)
-    bias = torch.zeros(num_classes, device=device, requires_grad=True)
+    pixels = counts.sum(1)
+    log_probs = torch.log_softmax(tokens @ weight.T + bias, dim=1)
+    total = -float((counts * log_probs).sum(dtype=torch.float64))
+    delta = log_probs.exp_().mul_(pixels[:, None]).sub_(counts)
+    scale = 1.0 / max(float(pixels.sum()), 1.0)
+    return total * scale, (delta.T @ tokens) * scale, delta.sum(0) * scale
+
+
+def standardized_tokens(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device, chunk: int = 256
+                        ) -> torch.Tensor:
+    """Return the standardised tokens (N * gh * gw, D) (float32, on device) of features (N, gh, gw, D)."""
+    dim = features.shape[-1]
+    mean, std = mean.to(device), std.to(device)
+    return torch.cat([((features[start:start + chunk].to(device, torch.float32) - mean) / std).reshape(-1, dim)
+                      for start in range(0, features.shape[0], chunk)])
+
+
+def _minimise(loss_and_gradient: Callable[[torch.Tensor, torch.Tensor], tuple[float, torch.Tensor, torch.Tensor]],
+              weight: torch.Tensor, bias: torch.Tensor, l2: float, max_iterations: int, tolerance: float,
+              bar: tqdm) -> tuple[int, int]:
+    """Minimise loss_and_gradient(weight, bias) + l2/2 ||weight||^2 in place from the given weight and bias by
+    L-BFGS (history 20, strong Wolfe); return (iterations, loss evaluations)."""
+    weight.requires_grad_(True)
+    bias.requires_grad_(True)
     optimizer = torch.optim.LBFGS([weight, bias], lr=1.0, max_iter=max_iterations, history_size=20,
                                   tolerance_grad=tolerance, tolerance_change=1e-12, line_search_fn="strong_wolfe")
-    bar = tqdm(total=max_iterations, disable=not progress, desc="linear probe (L-BFGS)", leave=False)
     evaluations = 0
-
-    def objective() -> tuple[float, torch.Tensor, torch.Tensor]:
-        loss, grad_weight, grad_bias = upsampled_loss_and_gradient(weight, bias, features, labels, mean, std)
-        return loss + 0.5 * l2 * float((weight * weight).sum()), grad_weight + l2 * weight, grad_bias
 
     def closure() -> torch.Tensor:
         nonlocal evaluations
         with torch.no_grad():
-            value, weight.grad, bias.grad = objective()
+            value, weight.grad, bias.grad = loss_and_gradient(weight, bias)
+            value += 0.5 * l2 * float((weight * weight).sum())
+            weight.grad += l2 * weight
         evaluations += 1
         bar.update(1)
         return torch.tensor(value)
 
     optimizer.step(closure)
+    weight.requires_grad_(False)
+    bias.requires_grad_(False)
+    return int(optimizer.state[weight].get("n_iter", 0)), evaluations
+
+
+def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: int, l2: float,
+                     max_iterations: int, tolerance: float, device="cpu", progress: bool = True,
+                     warm_start: str = "nearest") -> tuple[StandardizedLinear, ProbeFit]:
+    """Return (the probe minimising the upsampled cross-entropy + l2/2 ||W||^2 on features (N, gh, gw, D) and
+    labels (N, h, w), how the solver ended).
+
+    L-BFGS (history 20, strong Wolfe line search) starts from W = 0, b = 0 (warm_start "zero") or from the
+    solution of the nearest-upsampling problem solved the same way from zero ("nearest"), and stops after
+    max_iterations or once the exact gradient's largest entry is below tolerance (converged).
+    """
+    if warm_start not in WARM_STARTS:
+        raise ValueError(f"warm_start must be one of {WARM_STARTS}, not {warm_start!r}")
+    mean, std = token_moments(features)
+    weight = torch.zeros(num_classes, features.shape[-1], device=device)
+    bias = torch.zeros(num_classes, device=device)
+    bar = tqdm(disable=not progress, desc="linear probe (L-BFGS)", unit="pass", leave=False)
+    warm_iterations = 0
+    if warm_start == "nearest":
+        tokens = standardized_tokens(features, mean, std, device)
+        counts = patch_label_counts(labels, features.shape[1:3], num_classes).reshape(tokens.shape[0], -1).to(device)
+        warm_iterations, _ = _minimise(lambda w, b: nearest_loss_and_gradient(w, b, tokens, counts),
+                                       weight, bias, l2, max_iterations, tolerance, bar)
+        del tokens, counts
+    iterations, evaluations = _minimise(
+        lambda w, b: upsampled_loss_and_gradient(w, b, features, labels, mean, std),
+        weight, bias, l2, max_iterations, tolerance, bar)
     bar.close()
     with torch.no_grad():
-        value, grad_weight, grad_bias = objective()
-    gradient = torch.cat([grad_weight.flatten(), grad_bias])
+        value, grad_weight, grad_bias = upsampled_loss_and_gradient(weight, bias, features, labels, mean, std)
+    value += 0.5 * l2 * float((weight * weight).sum())
+    gradient = torch.cat([(grad_weight + l2 * weight).flatten(), grad_bias])
     largest = float(gradient.abs().max())
-    fit = ProbeFit(int(optimizer.state[weight].get("n_iter", 0)), evaluations, value, float(gradient.norm()), largest,
-                   largest <= tolerance)
-    probe = StandardizedLinear(mean.to(device), std.to(device), weight.detach(), bias.detach())
+    fit = ProbeFit(iterations, evaluations, value, float(gradient.norm()), largest, largest <= tolerance,
+                   warm_iterations)
+    probe = StandardizedLinear(mean.to(device), std.to(device), weight, bias)
     return probe.eval(), fit

@@ -20,6 +20,7 @@ Shared by the open-vocabulary and the linear-probe tasks:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -197,18 +198,29 @@ def upsampled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, normaliz
     F.interpolate, and the gradient is written out: softmax minus one-hot, masked, through the transposed
     products. It is computed with the value, so nothing of pixel size outlives the call.
     """
-    rows = bilinear_matrix(labels.shape[-2], logits.shape[-2]).to(logits.device, logits.dtype)
-    cols = bilinear_matrix(labels.shape[-1], logits.shape[-1]).to(logits.device, logits.dtype)
-    log_probs = torch.log_softmax(torch.matmul(torch.matmul(rows, logits), cols.T), dim=1)
+    rows = _interpolation_matrix(labels.shape[-2], logits.shape[-2], logits.device, logits.dtype)
+    cols = _interpolation_matrix(labels.shape[-1], logits.shape[-1], logits.device, logits.dtype)
+    upsampled = torch.matmul(torch.matmul(rows, logits), cols.T)
+    # One exponential pass gives both the softmax (the gradient) and the log-sum-exp (the value).
     valid = labels != IGNORE_INDEX
     count = valid.sum()
     target = torch.where(valid, labels, 0).long()[:, None]
-    total = -(log_probs.gather(1, target)[:, 0] * valid).sum(dtype=torch.float64)
+    shifted = upsampled.sub_(upsampled.amax(dim=1, keepdim=True))
+    shifted_target = shifted.gather(1, target)
+    delta = shifted.exp_()
+    norm = delta.sum(dim=1, keepdim=True)
+    total = ((norm.log() - shifted_target)[:, 0] * valid).sum(dtype=torch.float64)
     scale = 1.0 / (count.clamp(min=1).to(logits.dtype) if normalizer is None else normalizer)
-    delta = log_probs.exp_()
-    delta.scatter_add_(1, target, torch.full(target.shape, -1.0, dtype=delta.dtype, device=delta.device))
-    delta.mul_((valid * scale).to(delta.dtype)[:, None])
+    weight = (valid * scale).to(delta.dtype)[:, None]  # (B, 1, h, w): zero on ignored pixels
+    delta.mul_(weight / norm)
+    delta.scatter_add_(1, target, -weight)
     return total, count, torch.matmul(torch.matmul(rows.T, delta), cols)
+
+
+@functools.lru_cache(maxsize=32)
+def _interpolation_matrix(size_out: int, size_in: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Return bilinear_matrix(size_out, size_in) on device in dtype (kept: every training step asks for it)."""
+    return bilinear_matrix(size_out, size_in).to(device, dtype)
 
 
 class _UpsampledCrossEntropy(torch.autograd.Function):
