@@ -218,7 +218,7 @@ def cmd_list(args) -> int:
         for entry in list_zoo():
             training, compute = entry.card.get("training", {}), entry.card.get("compute", {})
             flops = compute.get("training_flops")
-            print(f"{entry.name:<28s} recipe={training.get('recipe', '?'):<11s} "
+            print(f"{entry.name:<28s} family=open_clip recipe={training.get('recipe', '?'):<11s} "
                   f"images_seen={compute.get('images_seen', '?'):<8} "
                   f"flops={flops if flops is None else format(flops, '.3g'):<9} "
                   f"sha256={entry.card.get('weights', {}).get('sha256', '?')[:12]}")

@@ -3,6 +3,7 @@ per-sample sidecar they can be recomputed from (core/records.py holds the paths 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -22,8 +23,7 @@ def make_record(model, benchmark, evaluation, device: str) -> dict[str, Any]:
     metrics = evaluation.outcome.metrics
     return {
         "schema": RECORD_SCHEMA,
-        "model": {"name": model.name, "sha256": model.sha256, "source": model.source,
-                  "architecture": model.architecture},
+        "model": model_entry(model),
         "benchmark": {"name": benchmark.name, "task": benchmark.task, "group": benchmark.group,
                       "main_metric": benchmark.main_metric, "task_version": task.version},
         "dataset": {"name": benchmark.dataset["name"], "fingerprint": evaluation.fingerprint,
@@ -38,6 +38,18 @@ def make_record(model, benchmark, evaluation, device: str) -> dict[str, Any]:
                        "machine": machine_description(device), "wall_time_s": round(evaluation.wall_time_s, 3),
                        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
+
+
+def model_entry(model) -> dict[str, Any]:
+    """Return the record's model section: identity, family, and (where the model states them) its preprocessing and
+    logit scale (Hugging Face models: read from the folder's processor and weights)."""
+    entry = {"name": model.name, "sha256": model.sha256, "source": model.source, "architecture": model.architecture,
+             "family": getattr(model, "family", "open_clip")}
+    preprocessing = getattr(model, "preprocessing", None)
+    if preprocessing is not None:
+        entry["preprocessing"] = json.loads(json.dumps(preprocessing, sort_keys=True))
+        entry["logit_scale"] = model.logit_scale
+    return entry
 
 
 def main_metric_interval(task, metric: str, evaluation) -> dict[str, dict[str, Any]]:

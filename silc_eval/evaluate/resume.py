@@ -18,6 +18,7 @@ from typing import Sequence
 from silc_eval.core.fingerprint import remembered_sha256
 from silc_eval.core.records import RECORD_SCHEMA_V1, record_path, sidecar_problem
 from silc_eval.evaluate.api import build_splits, splits_fingerprint
+from silc_eval.models.hf_model import folder_preprocessing, inspect_hf_folder, weights_digest
 from silc_eval.models.loading import find_weights_file, parse_model_spec
 from silc_eval.registry import Benchmark
 from silc_eval.report.records import read_one
@@ -45,7 +46,16 @@ class ResumePlan:
 def weights_sha256(spec: str) -> str:
     """Return the sha256 of a model spec's weights file (what load_model records), without loading it."""
     parsed = parse_model_spec(spec)
+    if parsed.kind == "hf":
+        return weights_digest(inspect_hf_folder(parsed.path).weights)
     return remembered_sha256(parsed.path if parsed.kind == "checkpoint" else find_weights_file(parsed.path))
+
+
+def spec_preprocessing(spec: str) -> dict | None:
+    """Return the preprocessing a model spec's records carry, read without its weights (hf: folders; None for
+    open_clip specs, whose transform is part of the architecture)."""
+    parsed = parse_model_spec(spec)
+    return as_json(folder_preprocessing(parsed.path)) if parsed.kind == "hf" else None
 
 
 def as_json(value):
@@ -53,11 +63,13 @@ def as_json(value):
     return json.loads(json.dumps(value, sort_keys=True))
 
 
-def changed_inputs(record: dict, sha256: str, benchmark: Benchmark) -> list[str]:
+def changed_inputs(record: dict, sha256: str, benchmark: Benchmark, preprocessing: dict | None = None) -> list[str]:
     """Return what differs between a record and this run, leaving out the dataset fingerprint ([] if nothing)."""
     changes = []
     if record["model"]["sha256"] != sha256:
         changes.append("model weights changed (sha256)")
+    if record["model"].get("preprocessing") != preprocessing:
+        changes.append("model preprocessing changed (processor or tokenizer configuration)")
     found, current = record["benchmark"].get("task_version"), benchmark.task_spec.version
     if found != current:
         changes.append(f"task {benchmark.task} version {found} -> {current}")
@@ -104,15 +116,16 @@ def plan_resume(output: Path, model_specs: Sequence[str], benchmarks: Sequence[B
     """
     plan, fingerprints = ResumePlan(), {}
     for spec in model_specs:
-        name, sha256 = parse_model_spec(spec).name, None
+        name, sha256, preprocessing = parse_model_spec(spec).name, None, None
         for benchmark in benchmarks:
             record, problem = existing_record(record_path(output, name, benchmark.name), name, benchmark)
             if record is None:
                 if problem:
                     plan.stale.append((name, benchmark.name, problem))
                 continue
-            sha256 = sha256 or weights_sha256(spec)
-            changes = changed_inputs(record, sha256, benchmark)
+            if sha256 is None:
+                sha256, preprocessing = weights_sha256(spec), spec_preprocessing(spec)
+            changes = changed_inputs(record, sha256, benchmark, preprocessing)
             if not changes:
                 key = (json.dumps(benchmark.dataset, sort_keys=True), benchmark.task_spec.splits)
                 if key not in fingerprints:

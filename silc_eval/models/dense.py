@@ -19,6 +19,8 @@ features live in the text embedding space. Positional embeddings are interpolate
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -58,41 +60,68 @@ def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x.view(batch, tokens, num_heads, dim // num_heads).transpose(1, 2)
 
 
-def neighbourhood_bias(grid: tuple[int, int], std: float = NACLIP_STD, device=None) -> torch.Tensor:
-    """Return the (1 + gh*gw)^2 NACLIP attention bias: exp(-d^2 / (2 std^2)) between patch positions
-    (d in patches on the 2-D grid), zero in the class token's row and column."""
+def neighbourhood_bias(grid: tuple[int, int], std: float = NACLIP_STD, device=None, class_token: bool = True
+                       ) -> torch.Tensor:
+    """Return the NACLIP attention bias exp(-d^2 / (2 std^2)) between patch positions (d in patches on the 2-D
+    grid), (gh*gw)^2, or (1 + gh*gw)^2 with zeros in the class token's row and column when class_token."""
     rows, cols = torch.meshgrid(torch.arange(grid[0], device=device), torch.arange(grid[1], device=device),
                                 indexing="ij")
     pos = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1).float()
     bias = torch.exp(-torch.cdist(pos, pos).pow(2) / (2 * std ** 2))
-    return F.pad(bias, (1, 0, 1, 0))
+    return F.pad(bias, (1, 0, 1, 0)) if class_token else bias
 
 
-def _last_block(transformer, block, x: torch.Tensor, variant: str, grid: tuple[int, int]) -> torch.Tensor:
+@dataclass(frozen=True)
+class LastBlock:
+    """What a training-free variant needs of a pre-norm ViT's last block, whichever library built it.
+
+    run: the block as trained; norm: its first LayerNorm; qkv: normed tokens -> (q, k, v), each (B, N, D);
+    out: the attention's output projection; residual: (x, attention output) -> x after the attention
+    residual and the FFN (layer scales included); class_token: whether the sequence starts with one.
+    """
+
+    run: Callable[[torch.Tensor], torch.Tensor]
+    norm: Callable[[torch.Tensor], torch.Tensor]
+    qkv: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    out: Callable[[torch.Tensor], torch.Tensor]
+    residual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    num_heads: int
+    class_token: bool = True
+
+
+def variant_last_block(block: LastBlock, x: torch.Tensor, variant: str, grid: tuple[int, int]) -> torch.Tensor:
     """Return the batch-first tokens (B, N, D) after the variant's version of the last block."""
     if variant == "vanilla":
-        return _run_blocks(transformer, [block], x)
-    attn = block.attn
-    y = block.ln_1(x)
-    q, k, v = F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+        return block.run(x)
+    q, k, v = block.qkv(block.norm(x))
     if variant == "maskclip":
-        return F.linear(v, attn.out_proj.weight, attn.out_proj.bias)
-    heads = attn.num_heads
-    q, k, v = (_heads(t, heads) for t in (q, k, v))
+        return block.out(v)
+    q, k, v = (_heads(t, block.num_heads) for t in (q, k, v))
     scale = 1.0 / math.sqrt(q.shape[-1])
     if variant == "sclip":
         weights = ((q @ q.transpose(-2, -1)) * scale).softmax(-1) + ((k @ k.transpose(-2, -1)) * scale).softmax(-1)
     elif variant == "clearclip":
         weights = ((q @ q.transpose(-2, -1)) * scale).softmax(-1)
     else:  # naclip
-        logits = (k @ k.transpose(-2, -1)) * scale + neighbourhood_bias(grid, device=x.device).to(x.dtype)
-        weights = logits.softmax(-1)
-    out = (weights @ v).transpose(1, 2).reshape(x.shape)
-    out = F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
-    if variant == "sclip":
-        x = x + block.ls_1(out)
-        return x + block.ls_2(block.mlp(block.ln_2(x)))
-    return out
+        bias = neighbourhood_bias(grid, device=x.device, class_token=block.class_token).to(x.dtype)
+        weights = ((k @ k.transpose(-2, -1)) * scale + bias).softmax(-1)
+    out = block.out((weights @ v).transpose(1, 2).reshape(x.shape))
+    return block.residual(x, out) if variant == "sclip" else out
+
+
+def _open_clip_last_block(transformer, block) -> LastBlock:
+    attn = block.attn
+    return LastBlock(
+        run=lambda x: _run_blocks(transformer, [block], x),
+        norm=block.ln_1,
+        qkv=lambda y: F.linear(y, attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1),
+        out=lambda y: F.linear(y, attn.out_proj.weight, attn.out_proj.bias),
+        residual=lambda x, out: _residual_ffn(block, x + block.ls_1(out)),
+        num_heads=attn.num_heads)
+
+
+def _residual_ffn(block, x: torch.Tensor) -> torch.Tensor:
+    return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
 def dense_features(visual, images: torch.Tensor, variant: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
@@ -105,7 +134,7 @@ def dense_features(visual, images: torch.Tensor, variant: str = "vanilla") -> tu
     x, grid = embed_patches(visual, images)
     blocks = visual.transformer.resblocks
     x = _run_blocks(visual.transformer, blocks[:-1], x)
-    x = _last_block(visual.transformer, blocks[-1], x, variant, grid)
+    x = variant_last_block(_open_clip_last_block(visual.transformer, blocks[-1]), x, variant, grid)
     tokens = visual.ln_post(x[:, 1:])
     if visual.proj is not None:
         tokens = tokens @ visual.proj

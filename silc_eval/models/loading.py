@@ -1,4 +1,4 @@
-"""Turn a model spec (zoo name, ARCH:CHECKPOINT, local-dir:FOLDER) into a VLModel, offline."""
+"""Turn a model spec (zoo name, ARCH:CHECKPOINT, local-dir:FOLDER, hf:FOLDER) into a VLModel, offline."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from silc_eval.core.errors import UserError
 from silc_eval.core.fingerprint import remembered_sha256
 from silc_eval.core.offline import enforce_offline
 from silc_eval.core.quiet import quiet_root_logger
+from silc_eval.models.hf_model import HFModel, hf_folder, inspect_hf_folder, load_hf_model
 from silc_eval.models.open_clip_model import OpenClipModel
 from silc_eval.models.zoo import get_zoo_entry, list_zoo
 
@@ -22,7 +23,7 @@ WEIGHT_FILE_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed --model value: kind is 'zoo', 'local-dir' or 'checkpoint'."""
+    """A parsed --model value: kind is 'zoo', 'local-dir', 'checkpoint' or 'hf'."""
 
     kind: str
     name: str
@@ -53,6 +54,10 @@ def local_dir_spec(folder: Path | str) -> str:
 
 def parse_model_spec(spec: str) -> ModelSpec:
     """Return the ModelSpec for a --model value; unknown names are a UserError listing valid ones."""
+    folder = hf_folder(spec)
+    if folder is not None:
+        inspect_hf_folder(folder)
+        return ModelSpec("hf", folder.resolve().name or str(folder), path=folder)
     folder = local_dir_folder(spec)
     if folder is not None:
         if not (folder / "open_clip_config.json").is_file():
@@ -74,8 +79,8 @@ def parse_model_spec(spec: str) -> ModelSpec:
             raise UserError(f"checkpoint file not found: {path} (expected ARCH:PATH_TO_WEIGHTS)")
         return ModelSpec("checkpoint", f"{arch}:{path.name}", architecture=arch, path=path)
     zoo = ", ".join(e.name for e in list_zoo()) or "(zoo is empty)"
-    raise UserError(f"unknown model '{spec}'; expected a zoo name ({zoo}), ARCH:CHECKPOINT_FILE "
-                    f"or local-dir:FOLDER")
+    raise UserError(f"unknown model '{spec}'; expected a zoo name ({zoo}), ARCH:CHECKPOINT_FILE, "
+                    f"local-dir:FOLDER or hf:FOLDER")
 
 
 def find_weights_file(folder: Path) -> Path:
@@ -210,10 +215,12 @@ def load_failure(exc: BaseException) -> str:
     return first_line[:300]
 
 
-def load_model(spec: str, device: str = "cpu") -> OpenClipModel:
+def load_model(spec: str, device: str = "cpu") -> OpenClipModel | HFModel:
     """Return the model named by spec, in eval mode on device, never touching the network."""
     enforce_offline()
     parsed = parse_model_spec(spec)
+    if parsed.kind == "hf":
+        return load_hf_model(parsed.path, device, name=parsed.name)
     parts = load_open_clip(parsed, device)
     return OpenClipModel(parts.model, parts.tokenizer, parts.preprocess, name=parsed.name,
                          sha256=remembered_sha256(parts.weights), source=spec, architecture=parts.architecture)

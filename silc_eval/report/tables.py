@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 RESULT_COLUMNS = ["model", "benchmark", "group", "task", "metric", "value", "is_main", "model_sha256",
-                  "dataset_fingerprint"]
+                  "dataset_fingerprint", "model_family"]
 MEAN_COLUMN = "mean"
 
 
@@ -22,6 +22,7 @@ def results_table(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
                 "group": record["benchmark"]["group"], "task": record["benchmark"]["task"], "metric": metric,
                 "value": value, "is_main": metric == record["benchmark"]["main_metric"],
                 "model_sha256": record["model"]["sha256"], "dataset_fingerprint": record["dataset"]["fingerprint"],
+                "model_family": record["model"].get("family", "open_clip"),
             })
     table = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     return table.sort_values(["model", "benchmark", "metric"], kind="stable").reset_index(drop=True)

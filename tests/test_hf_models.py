@@ -1,0 +1,286 @@
+"""Hugging Face dual encoders (hf:FOLDER): features against transformers' own get_*_features fed by the folder's
+own processor, each family's text rules, dense features against the open_clip path on the same weights, the
+record's preprocessing, and bad folders. Tiny random models built from configs, nothing downloaded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY_CLASSNAMES, TINY_TEMPLATES, assert_fails_cleanly, evaluate_task
+from silc_eval.models import dense
+from silc_eval.models.hf_model import inspect_hf_folder, load_hf_model, weights_digest
+from silc_eval.models.loading import load_model, parse_model_spec
+
+transformers = pytest.importorskip("transformers")
+WORDS = sorted({w.strip(".,").lower() for text in TINY_CLASSNAMES + TINY_TEMPLATES for w in text.split()} |
+               {"a", "photo", "of", "the", "red", "star"})
+VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
+              patch_size=8)
+TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+
+
+def build_clip_folder(folder: Path) -> Path:
+    """Save a tiny random CLIPModel with a word-level BPE tokenizer and CLIP's image processor (32 px)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for ch in "abcdefghijklmnopqrstuvwxyz{}.,'-":
+        vocab[ch], vocab[ch + "</w>"] = len(vocab), len(vocab) + 1
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    torch.manual_seed(0)
+    config = CLIPConfig(text_config=dict(TEXT, vocab_size=len(vocab), max_position_embeddings=77, bos_token_id=0,
+                                         eos_token_id=1, pad_token_id=1),
+                        vision_config=VISION, projection_dim=16)
+    CLIPModel(config).eval().save_pretrained(folder)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                                 crop_size={"height": 32, "width": 32}),
+                              tokenizer=tokenizer)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def build_siglip_folder(folder: Path) -> Path:
+    """Save a tiny random SiglipModel with a sentencepiece tokenizer trained here and SigLIP's image processor."""
+    import sentencepiece as spm
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel, SiglipProcessor, SiglipTokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = folder / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(WORDS[(i * 7 + j) % len(WORDS)] for j in range(6)) for i in range(300)))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(folder / "sp"), vocab_size=48,
+                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+    tokenizer = SiglipTokenizer(vocab_file=str(folder / "sp.model"))
+    torch.manual_seed(1)
+    config = SiglipConfig(text_config=dict(TEXT, vocab_size=48, max_position_embeddings=64),
+                          vision_config=VISION)
+    SiglipModel(config).eval().save_pretrained(folder)
+    SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}),
+                    tokenizer=tokenizer).save_pretrained(folder)
+    for leftover in ("corpus.txt", "sp.model", "sp.vocab"):
+        (folder / leftover).unlink()
+    return folder
+
+
+@pytest.fixture(scope="module")
+def hf_folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf")
+    return {"clip": build_clip_folder(root / "clip"), "siglip": build_siglip_folder(root / "siglip")}
+
+
+def reference(folder: Path):
+    from transformers import AutoModel, AutoProcessor
+
+    return AutoModel.from_pretrained(str(folder), local_files_only=True).eval(), \
+        AutoProcessor.from_pretrained(str(folder), local_files_only=True)
+
+
+def pooled(output) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def images(count: int = 3) -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (40 + 6 * i, 50, 3), dtype=np.uint8)) for i in range(count)]
+
+
+TEXTS = ["A photo of a Red Star.", "the circle, small", "a photo of the square"]
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_image_and_text_features_equal_transformers_fed_by_the_folders_processor(hf_folders, family):
+    model = load_model(f"hf:{hf_folders[family]}")
+    ref, processor = reference(hf_folders[family])
+    pictures = images()
+    inputs = processor(images=pictures, return_tensors="pt")
+    pixels = torch.stack([model.preprocess(p) for p in pictures])
+    assert torch.equal(pixels, inputs["pixel_values"])
+    with torch.no_grad():
+        expected_images = pooled(ref.get_image_features(pixel_values=inputs["pixel_values"]))
+        text = processor(text=TEXTS, padding="max_length", max_length=model.context_length, return_tensors="pt")
+        if family == "clip":  # CLIP takes its attention mask; SigLIP is trained without one (big_vision)
+            expected_texts = pooled(ref.get_text_features(input_ids=text["input_ids"],
+                                                          attention_mask=text["attention_mask"]))
+        else:
+            expected_texts = pooled(ref.get_text_features(input_ids=text["input_ids"]))
+    assert torch.allclose(model.encode_image(pixels), expected_images, atol=1e-6)
+    assert torch.allclose(model.encode_text(model.tokenize(TEXTS)), expected_texts, atol=1e-6)
+    assert model.family == f"hf-{family}"
+
+
+def test_siglip_ids_are_the_processors_padded_to_max_length_and_canonicalised(hf_folders):
+    model = load_model(f"hf:{hf_folders['siglip']}")
+    _, processor = reference(hf_folders["siglip"])
+    ids = model.tokenize(TEXTS)
+    expected = processor(text=TEXTS, padding="max_length", return_tensors="pt")["input_ids"]
+    assert ids.shape == (3, 64) and torch.equal(ids, expected)
+    # padding="longest" (the processor's default) would leave short rows: the pitfall the family is known for
+    assert max(len(row) for row in processor(text=TEXTS)["input_ids"]) < 64
+    # SigLIP's tokenizer lower-cases and strips punctuation, and silc-eval leaves that to it
+    assert torch.equal(model.tokenize(["A PHOTO, of the STAR!"]), model.tokenize(["a photo of the star"]))
+    assert model.preprocessing["text"] == {**model.preprocessing["text"], "attention_mask": False, "max_length": 64,
+                                           "padding": "max_length", "do_lower_case": True}
+
+
+def test_clip_patch_tokens_and_vanilla_dense_features_are_the_final_norm_and_projection(hf_folders):
+    model = load_model(f"hf:{hf_folders['clip']}")
+    ref, _ = reference(hf_folders["clip"])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        hidden = ref.vision_model(pixel_values=x).last_hidden_state
+        normed = ref.vision_model.post_layernorm(hidden[:, 1:])
+        projected = ref.visual_projection(normed)
+    assert torch.allclose(model.patch_tokens(x).reshape(2, 16, -1), normed, atol=1e-5)
+    assert torch.allclose(model.dense_features(x, "vanilla").reshape(2, 16, -1), projected, atol=1e-5)
+
+
+def test_siglip_patch_tokens_are_the_normed_last_hidden_state_and_dense_pass_the_pooling_head(hf_folders):
+    model = load_model(f"hf:{hf_folders['siglip']}")
+    ref, _ = reference(hf_folders["siglip"])
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        hidden = ref.vision_model(pixel_values=x).last_hidden_state  # post_layernorm already applied
+        head = ref.vision_model.head
+        # The head attending to one token only: its output is that token's value, projected, plus the MLP.
+        token = hidden[:, 5:6]
+        alone = head.attention(token, token, token)[0]
+        expected = alone + head.mlp(head.layernorm(alone))
+    assert torch.allclose(model.patch_tokens(x).reshape(2, 16, -1), hidden, atol=1e-5)
+    assert torch.allclose(model.dense_features(x, "vanilla").reshape(2, 16, -1)[:, 5:6], expected, atol=1e-5)
+
+
+def open_clip_visual_from_hf(ref) -> torch.nn.Module:
+    """Return an open_clip VisionTransformer holding the HF CLIP vision tower's weights."""
+    from open_clip.transformer import QuickGELU, VisionTransformer
+
+    vision, config = ref.vision_model, ref.config.vision_config
+    visual = VisionTransformer(image_size=config.image_size, patch_size=config.patch_size, width=config.hidden_size,
+                               layers=config.num_hidden_layers, heads=config.num_attention_heads,
+                               mlp_ratio=config.intermediate_size / config.hidden_size,
+                               output_dim=ref.config.projection_dim, act_layer=QuickGELU).eval()
+    state = {"conv1.weight": vision.embeddings.patch_embedding.weight,
+             "class_embedding": vision.embeddings.class_embedding,
+             "positional_embedding": vision.embeddings.position_embedding.weight,
+             "ln_pre.weight": vision.pre_layrnorm.weight, "ln_pre.bias": vision.pre_layrnorm.bias,
+             "ln_post.weight": vision.post_layernorm.weight, "ln_post.bias": vision.post_layernorm.bias,
+             "proj": ref.visual_projection.weight.T}
+    for i, layer in enumerate(vision.encoder.layers):
+        prefix, attn = f"transformer.resblocks.{i}.", layer.self_attn
+        state.update({
+            prefix + "ln_1.weight": layer.layer_norm1.weight, prefix + "ln_1.bias": layer.layer_norm1.bias,
+            prefix + "ln_2.weight": layer.layer_norm2.weight, prefix + "ln_2.bias": layer.layer_norm2.bias,
+            prefix + "attn.in_proj_weight": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+            prefix + "attn.in_proj_bias": torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]),
+            prefix + "attn.out_proj.weight": attn.out_proj.weight, prefix + "attn.out_proj.bias": attn.out_proj.bias,
+            prefix + "mlp.c_fc.weight": layer.mlp.fc1.weight, prefix + "mlp.c_fc.bias": layer.mlp.fc1.bias,
+            prefix + "mlp.c_proj.weight": layer.mlp.fc2.weight, prefix + "mlp.c_proj.bias": layer.mlp.fc2.bias})
+    missing, unexpected = visual.load_state_dict({k: v.detach() for k, v in state.items()}, strict=False)
+    assert not unexpected and not [k for k in missing if "attn_mask" not in k]
+    return visual
+
+
+@pytest.mark.parametrize("variant", dense.VARIANTS)
+def test_every_dense_variant_equals_the_open_clip_path_on_the_same_weights(hf_folders, variant):
+    # Off the training grid (48x64 windows: positional embeddings interpolated) and on it.
+    model = load_model(f"hf:{hf_folders['clip']}")
+    visual = open_clip_visual_from_hf(reference(hf_folders["clip"])[0])
+    for size in ((48, 64), (32, 32)):
+        x = torch.randn(2, 3, *size)
+        with torch.no_grad():
+            expected, _ = dense.dense_features(visual, x, variant)
+            got = model.dense_features(x, variant)
+        assert torch.allclose(got, expected, atol=1e-5), (variant, size, float((got - expected).abs().max()))
+    with torch.no_grad():
+        assert torch.allclose(model.patch_tokens(x), dense.patch_tokens(visual, x)[0], atol=1e-5)
+        assert torch.allclose(model.encode_image(x), visual(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_every_siglip_and_clip_variant_runs_off_the_training_grid(hf_folders, family):
+    model = load_model(f"hf:{hf_folders[family]}")
+    x = torch.randn(1, 3, 40, 56)
+    for variant in dense.VARIANTS:
+        features = model.dense_features(x, variant)
+        assert features.shape[:3] == (1, 5, 7) and torch.isfinite(features).all()
+
+
+def test_zero_shot_classification_runs_and_the_record_names_family_and_preprocessing(hf_folders,
+                                                                                      tiny_classification_dir):
+    from silc_eval.evaluate.records import model_entry
+
+    model = load_model(f"hf:{hf_folders['siglip']}")
+    from silc_eval.tasks import TASKS
+
+    metrics = evaluate_task(TASKS["zeroshot_classification"], model, tiny_classification_dir.dataset(model.preprocess))
+    assert 0.0 <= metrics["acc1"] <= 1.0
+    entry = model_entry(model)
+    assert entry["family"] == "hf-siglip" and entry["sha256"] == weights_digest(
+        inspect_hf_folder(hf_folders["siglip"]).weights)
+    assert entry["preprocessing"]["image"]["image_mean"] == [0.5, 0.5, 0.5]
+    assert entry["preprocessing"]["image"]["resample"] == "BICUBIC"
+    assert set(entry["logit_scale"]) == {"scale", "bias"}
+    json.dumps(entry)
+
+
+def test_a_processor_change_makes_resume_recompute(hf_folders, tmp_path):
+    from silc_eval.evaluate.resume import spec_preprocessing
+
+    folder = tmp_path / "siglip"
+    shutil.copytree(hf_folders["siglip"], folder)
+    before = spec_preprocessing(f"hf:{folder}")
+    config_file = next(folder / name for name in ("preprocessor_config.json", "processor_config.json")
+                       if (folder / name).is_file())
+    config = json.loads(config_file.read_text())
+    image_config = config.get("image_processor", config)
+    image_config["image_mean"] = [0.48, 0.46, 0.41]
+    config_file.write_text(json.dumps(config))
+    after = spec_preprocessing(f"hf:{folder}")
+    assert before != after and after["image"]["image_mean"] == [0.48, 0.46, 0.41]
+
+
+def test_sharded_weights_have_one_digest_that_changes_with_any_shard(tmp_path):
+    first, second = tmp_path / "model-00001-of-00002.safetensors", tmp_path / "model-00002-of-00002.safetensors"
+    first.write_bytes(b"one")
+    second.write_bytes(b"two")
+    digest = weights_digest([second, first])
+    assert digest == weights_digest([first, second]) and len(digest) == 64
+    second.write_bytes(b"TWO")
+    assert weights_digest([first, second]) != digest
+
+
+@pytest.mark.parametrize("breakage, expected", [
+    ("no weights", r"has no weights; expected a transformers save_pretrained folder"),
+    ("no processor", r"has no processor configuration; expected a transformers save_pretrained folder"),
+    ("bert", r"holds a bert, not a dual encoder; expected a CLIP-style dual encoder"),
+    ("siglip2", r"SigLIP 2 NaFlex model .* does not load yet"),
+    ("no config", r"has no config.json"),
+])
+def test_bad_folders_get_one_line_and_exit_code_2(hf_folders, tmp_path, capsys, breakage, expected):
+    folder = tmp_path / "model"
+    shutil.copytree(hf_folders["clip"], folder)
+    if breakage == "no weights":
+        (folder / "model.safetensors").unlink()
+    elif breakage == "no processor":
+        for name in ("preprocessor_config.json", "processor_config.json"):
+            (folder / name).unlink(missing_ok=True)
+    elif breakage == "no config":
+        (folder / "config.json").unlink()
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "model_type": breakage}))
+    assert_fails_cleanly(capsys, ["run", "--model", f"hf:{folder}", "--benchmark", "synthscenes-zeroshot",
+                                  "--output", str(tmp_path / "out"), "--no-progress"], expected, watch=[tmp_path])
+    with pytest.raises(Exception):
+        parse_model_spec(f"hf:{folder}")
+
+
+def test_loaded_in_eval_mode_on_the_cpu_with_a_name_from_the_folder(hf_folders):
+    model = load_hf_model(hf_folders["clip"])
+    assert not model.model.training and model.device.type == "cpu" and model.name == "clip"
+    assert model.normalization == ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
