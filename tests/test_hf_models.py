@@ -284,3 +284,98 @@ def test_loaded_in_eval_mode_on_the_cpu_with_a_name_from_the_folder(hf_folders):
     model = load_hf_model(hf_folders["clip"])
     assert not model.model.training and model.device.type == "cpu" and model.name == "clip"
     assert model.normalization == ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+
+
+# ----------------------------------------------------------------------------- the same weights through open_clip
+
+def clip_bpe_tokenizer():
+    """Return a transformers CLIPTokenizer over open_clip's own CLIP BPE vocabulary (49,408 tokens): the same ids
+    open_clip's SimpleTokenizer gives."""
+    import gzip
+
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+    from transformers import CLIPTokenizer
+
+    lines = gzip.open(default_bpe()).read().decode("utf-8").split("\n")[1:49152 - 256 - 2 + 1]
+    merges = [tuple(line.split()) for line in lines]
+    symbols = list(bytes_to_unicode().values())
+    symbols += [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={s: i for i, s in enumerate(symbols)}, merges=merges,
+                         model_max_length=77)
+
+
+def open_clip_state_from_hf(ref) -> dict[str, torch.Tensor]:
+    """Return the open_clip CLIP state dict holding a transformers CLIPModel's weights."""
+    state = {f"visual.{k}": v for k, v in open_clip_visual_from_hf(ref).state_dict().items()}
+    text = ref.text_model
+    state.update({"token_embedding.weight": text.embeddings.token_embedding.weight,
+                  "positional_embedding": text.embeddings.position_embedding.weight,
+                  "ln_final.weight": text.final_layer_norm.weight, "ln_final.bias": text.final_layer_norm.bias,
+                  "text_projection": ref.text_projection.weight.T, "logit_scale": ref.logit_scale.reshape(())})
+    for i, layer in enumerate(text.encoder.layers):
+        prefix, attn = f"transformer.resblocks.{i}.", layer.self_attn
+        state.update({
+            prefix + "ln_1.weight": layer.layer_norm1.weight, prefix + "ln_1.bias": layer.layer_norm1.bias,
+            prefix + "ln_2.weight": layer.layer_norm2.weight, prefix + "ln_2.bias": layer.layer_norm2.bias,
+            prefix + "attn.in_proj_weight": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+            prefix + "attn.in_proj_bias": torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]),
+            prefix + "attn.out_proj.weight": attn.out_proj.weight, prefix + "attn.out_proj.bias": attn.out_proj.bias,
+            prefix + "mlp.c_fc.weight": layer.mlp.fc1.weight, prefix + "mlp.c_fc.bias": layer.mlp.fc1.bias,
+            prefix + "mlp.c_proj.weight": layer.mlp.fc2.weight, prefix + "mlp.c_proj.bias": layer.mlp.fc2.bias})
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def twin_clip_folders(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny random CLIP at 64 px (SynthScenes' size: no resize on either path) saved twice: as a transformers
+    folder with the CLIP BPE tokenizer, and converted into an open_clip local-dir."""
+    from open_clip.model import CLIP
+    from safetensors.torch import save_file
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    root = tmp_path_factory.mktemp("twins")
+    torch.manual_seed(3)
+    config = CLIPConfig(text_config=dict(TEXT, vocab_size=49408, max_position_embeddings=77, bos_token_id=49406,
+                                         eos_token_id=49407, pad_token_id=49407),
+                        vision_config=dict(VISION, image_size=64), projection_dim=16)
+    ref = CLIPModel(config).eval()
+    ref.save_pretrained(root / "hf")
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}),
+                  tokenizer=clip_bpe_tokenizer()).save_pretrained(root / "hf")
+    model_cfg = {"embed_dim": 16, "quick_gelu": True,
+                 "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 32, "layers": 2, "head_width": 16,
+                                "mlp_ratio": 2.0},
+                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2,
+                              "mlp_ratio": 2.0}}
+    open_clip_model = CLIP(**model_cfg)
+    missing, unexpected = open_clip_model.load_state_dict(open_clip_state_from_hf(ref), strict=False)
+    assert not unexpected and not [k for k in missing if "attn_mask" not in k]
+    (root / "oc").mkdir()
+    (root / "oc" / "open_clip_config.json").write_text(json.dumps({
+        "model_cfg": model_cfg,
+        "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073], "std": [0.26862954, 0.26130258, 0.27577711],
+                           "interpolation": "bicubic", "resize_mode": "shortest", "size": 64}}))
+    save_file({k: v.contiguous() for k, v in open_clip_model.state_dict().items()},
+              str(root / "oc" / "open_clip_model.safetensors"))
+    return root / "hf", root / "oc"
+
+
+def test_the_same_weights_score_identically_through_transformers_and_open_clip_on_the_quick_suite(
+        twin_clip_folders, tmp_path):
+    from silc_eval.cli import main
+
+    hf, oc = twin_clip_folders
+    hf_model, oc_model = load_model(f"hf:{hf}"), load_model(f"local-dir:{oc}")
+    prompts = ["a photo of a red circle.", "a small blue star on a green background"]
+    assert torch.equal(hf_model.tokenize(prompts)[:, 0], oc_model.tokenize(prompts).to(torch.int64)
+                       .masked_fill(oc_model.tokenize(prompts) == 0, 49407))  # open_clip pads with 0, CLIP's with EOT
+    assert torch.allclose(hf_model.encode_text(hf_model.tokenize(prompts)), oc_model.encode_text(
+        oc_model.tokenize(prompts)), atol=1e-5)
+    output = tmp_path / "run"
+    assert main(["run", "--suite", "quick", "--model", f"hf:{hf}", "--model", f"local-dir:{oc}",
+                 "--output", str(output), "--no-progress"]) == 0
+    for benchmark in ("synthscenes-zeroshot", "synthscenes-retrieval"):
+        through_hf = json.loads((output / "records" / "hf" / f"{benchmark}.json").read_text())
+        through_oc = json.loads((output / "records" / "oc" / f"{benchmark}.json").read_text())
+        assert through_hf["model"]["family"] == "hf-clip" and through_oc["model"]["family"] == "open_clip"
+        assert through_hf["metrics"] == pytest.approx(through_oc["metrics"], abs=1e-12), benchmark
