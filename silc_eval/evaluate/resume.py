@@ -48,7 +48,8 @@ def weights_sha256(spec: str) -> str:
     parsed = parse_model_spec(spec)
     if parsed.kind == "hf":
         return weights_digest(inspect_hf_folder(parsed.path).weights)
-    return remembered_sha256(parsed.path if parsed.kind == "checkpoint" else find_weights_file(parsed.path))
+    return remembered_sha256(parsed.path if parsed.kind in ("checkpoint", "big_vision")
+                             else find_weights_file(parsed.path))
 
 
 def spec_preprocessing(spec: str) -> dict | None:

@@ -40,10 +40,13 @@ def check_variant(variant: str) -> str:
 
 
 def _check_supported(visual) -> None:
-    block = visual.transformer.resblocks[-1]
-    if not isinstance(getattr(block, "attn", None), torch.nn.MultiheadAttention) or visual.attn_pool is not None:
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    block = blocks[-1] if blocks else None
+    if not isinstance(getattr(block, "attn", None), torch.nn.MultiheadAttention) or \
+            getattr(visual, "attn_pool", None) is not None:
+        what = type(block).__name__ if block is not None else f"a {type(visual).__name__} image tower"
         raise UserError(f"dense features need an open_clip VisionTransformer with standard attention blocks and "
-                        f"token pooling; this model's last block is {type(block).__name__}")
+                        f"token pooling (or a hf: CLIP or SigLIP folder); this model has {what}")
 
 
 def _run_blocks(transformer, blocks, x: torch.Tensor) -> torch.Tensor:

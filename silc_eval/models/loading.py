@@ -1,4 +1,5 @@
-"""Turn a model spec (zoo name, ARCH:CHECKPOINT, local-dir:FOLDER, hf:FOLDER) into a VLModel, offline."""
+"""Turn a model spec (zoo name, ARCH:CHECKPOINT, local-dir:FOLDER, hf:FOLDER, big_vision:ARCH:FILE.npz) into a
+VLModel, offline."""
 
 from __future__ import annotations
 
@@ -17,13 +18,15 @@ from silc_eval.models.open_clip_model import OpenClipModel
 from silc_eval.models.zoo import get_zoo_entry, list_zoo
 
 LOCAL_DIR_PREFIX = "local-dir:"
+BIG_VISION_PREFIX = "big_vision:"
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model")
 WEIGHT_FILE_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors",
                      "pytorch_model.bin", "model.pth")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed --model value: kind is 'zoo', 'local-dir', 'checkpoint' or 'hf'."""
+    """A parsed --model value: kind is 'zoo', 'local-dir', 'checkpoint', 'big_vision' or 'hf'."""
 
     kind: str
     name: str
@@ -54,6 +57,8 @@ def local_dir_spec(folder: Path | str) -> str:
 
 def parse_model_spec(spec: str) -> ModelSpec:
     """Return the ModelSpec for a --model value; unknown names are a UserError listing valid ones."""
+    if spec.startswith(BIG_VISION_PREFIX):
+        return parse_big_vision_spec(spec)
     folder = hf_folder(spec)
     if folder is not None:
         inspect_hf_folder(folder)
@@ -80,7 +85,40 @@ def parse_model_spec(spec: str) -> ModelSpec:
         return ModelSpec("checkpoint", f"{arch}:{path.name}", architecture=arch, path=path)
     zoo = ", ".join(e.name for e in list_zoo()) or "(zoo is empty)"
     raise UserError(f"unknown model '{spec}'; expected a zoo name ({zoo}), ARCH:CHECKPOINT_FILE, "
-                    f"local-dir:FOLDER or hf:FOLDER")
+                    f"local-dir:FOLDER, hf:FOLDER or big_vision:ARCH:FILE.npz")
+
+
+def parse_big_vision_spec(spec: str) -> ModelSpec:
+    """Return the ModelSpec of `big_vision:ARCH:FILE.npz`: an open_clip SigLIP-family architecture (timm image
+    tower, Hugging Face tokenizer) and a big_vision .npz whose folder also holds that tokenizer's files."""
+    arch, _, path = spec[len(BIG_VISION_PREFIX):].partition(":")
+    import open_clip
+
+    config = open_clip.get_model_config(arch) if arch else None
+    if not config or not config.get("vision_cfg", {}).get("timm_model_name") or \
+            not config.get("text_cfg", {}).get("hf_tokenizer_name"):
+        known = [m for m in open_clip.list_models() if "SigLIP" in m and "SigLIP2" not in m][:4]
+        raise UserError(f"'{arch}' in --model {spec} is not an open_clip SigLIP-family architecture (timm image tower, "
+                        f"Hugging Face tokenizer); expected big_vision:ARCH:FILE.npz with ARCH e.g. {', '.join(known)}")
+    path = Path(path).expanduser()
+    if path.suffix != ".npz" or not path.is_file():
+        raise UserError(f"big_vision checkpoint not found: {path} (expected big_vision:ARCH:FILE.npz)")
+    if not any((path.parent / name).is_file() for name in TOKENIZER_FILES):
+        raise UserError(f"no tokenizer beside {path}: a big_vision .npz holds no tokenizer, so silc-eval reads "
+                        f"{arch}'s ({config['text_cfg']['hf_tokenizer_name']}) from the checkpoint's folder; expected "
+                        f"its files there (tokenizer_config.json and {' or '.join(TOKENIZER_FILES)})")
+    return ModelSpec("big_vision", f"{arch}:{path.name}", architecture=arch, path=path)
+
+
+def big_vision_tokenizer(parsed: ModelSpec):
+    """Return the open_clip HFTokenizer of a big_vision spec's architecture, read from the checkpoint's folder with
+    the architecture's own context length and cleaning (e.g. SigLIP's canonicalisation)."""
+    import open_clip
+    from open_clip.tokenizer import HFTokenizer
+
+    text_cfg = open_clip.get_model_config(parsed.architecture)["text_cfg"]
+    return HFTokenizer(str(parsed.path.parent), context_length=text_cfg.get("context_length", 64),
+                       **text_cfg.get("tokenizer_kwargs", {}))
 
 
 def find_weights_file(folder: Path) -> Path:
@@ -120,7 +158,12 @@ def load_open_clip(spec: str | ModelSpec, device: str = "cpu", with_tokenizer: b
         with quiet_root_logger():
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
                                                                          device=device)
-            tokenizer = open_clip.get_tokenizer(tokenizer_name) if with_tokenizer else None
+            if not with_tokenizer:
+                tokenizer = None
+            elif parsed.kind == "big_vision":
+                tokenizer = big_vision_tokenizer(parsed)
+            else:
+                tokenizer = open_clip.get_tokenizer(tokenizer_name)
     except Exception as exc:  # open_clip raises RuntimeError/ValueError/SafetensorError/... on bad files
         raise UserError(f"checkpoint {weights} could not be loaded as {architecture}: {load_failure(exc)}") from None
     return OpenClipParts(model.eval(), preprocess, tokenizer, weights, architecture)
@@ -223,4 +266,5 @@ def load_model(spec: str, device: str = "cpu") -> OpenClipModel | HFModel:
         return load_hf_model(parsed.path, device, name=parsed.name)
     parts = load_open_clip(parsed, device)
     return OpenClipModel(parts.model, parts.tokenizer, parts.preprocess, name=parsed.name,
-                         sha256=remembered_sha256(parts.weights), source=spec, architecture=parts.architecture)
+                         sha256=remembered_sha256(parts.weights), source=spec, architecture=parts.architecture,
+                         family="big_vision" if parsed.kind == "big_vision" else "open_clip")

@@ -18,7 +18,7 @@ class OpenClipModel:
     """Wraps an open_clip model, its tokenizer and its eval preprocessing."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: Callable, preprocess: Callable,
-                 name: str, sha256: str, source: str, architecture: str):
+                 name: str, sha256: str, source: str, architecture: str, family: str = "open_clip"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.preprocess = preprocess
@@ -26,6 +26,7 @@ class OpenClipModel:
         self.sha256 = sha256
         self.source = source
         self.architecture = architecture
+        self.family = family
 
     @property
     def device(self) -> torch.device:
