@@ -379,3 +379,29 @@ def test_the_same_weights_score_identically_through_transformers_and_open_clip_o
         through_oc = json.loads((output / "records" / "oc" / f"{benchmark}.json").read_text())
         assert through_hf["model"]["family"] == "hf-clip" and through_oc["model"]["family"] == "open_clip"
         assert through_hf["metrics"] == pytest.approx(through_oc["metrics"], abs=1e-12), benchmark
+
+
+def test_siglip2_fixed_resolution_folders_get_their_gemma_tokenizers_lower_casing(hf_folders, tmp_path):
+    # SigLIP 2's fixed-resolution checkpoints are SiglipModel folders with a Gemma tokenizer that lower-cases
+    # (Siglip2Tokenizer): without it SigLIP 2 loses about 12 points (RADIO PR #142).
+    from transformers import Siglip2Tokenizer, SiglipImageProcessor, SiglipProcessor
+
+    folder = tmp_path / "siglip2"
+    shutil.copytree(hf_folders["siglip"], folder)
+    for name in ("spiece.model", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json",
+                 "processor_config.json", "preprocessor_config.json"):
+        (folder / name).unlink(missing_ok=True)
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4, "▁": 5}
+    for ch in "abcdefghijklmnopqrstuvwxyz.,!":
+        vocab[ch] = len(vocab)
+    tokenizer = Siglip2Tokenizer(vocab=vocab, merges=[], model_max_length=64)
+    SiglipProcessor(image_processor=SiglipImageProcessor(size={"height": 32, "width": 32}),
+                    tokenizer=tokenizer).save_pretrained(folder)
+    model = load_model(f"hf:{folder}")
+    _, processor = reference(folder)
+    ids = model.tokenize(["A PHOTO of the Star"])
+    assert torch.equal(ids, processor(text=["A PHOTO of the Star"], padding="max_length", max_length=64,
+                                      return_tensors="pt")["input_ids"])
+    assert torch.equal(ids, model.tokenize(["a photo of the star"]))
+    assert not (ids == vocab["<unk>"]).any()
+    assert "Lowercase" in model.preprocessing["text"]["normalizer"]
