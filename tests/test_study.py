@@ -59,6 +59,34 @@ def test_study_files_are_checked_with_one_line(tmp_path, study_file):
     assert main(["study", str(tmp_path / "missing.yaml"), "--output", str(tmp_path / "o")]) == 2
 
 
+def test_a_recipe_can_have_its_own_budgets(tmp_path, study_file):
+    data = yaml.safe_load(study_file.read_text())
+    data["recipes"]["a"]["budgets"] = [16, 24, 40]
+    path = tmp_path / "own.yaml"
+    path.write_text(yaml.safe_dump(data))
+    study = load_study(path)
+    assert sorted({(r.label, r.budget) for r in study.runs}) == [("a", 16), ("a", 24), ("a", 40), ("b", 16),
+                                                                        ("b", 24)]
+    data["recipes"]["a"]["budgets"] = [0]
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(UserError, match="recipes.a.budgets"):
+        load_study(path)
+
+
+def test_matched_flops_pairs_each_budget_with_the_nearest_within_the_factor():
+    from silc_eval.report.study_report import matched_budgets
+
+    flops = {("silc", 8): 12.0, ("silc", 20): 30.0, ("siglip", 8): 3.0, ("siglip", 20): 7.0, ("siglip", 36): 12.4,
+             ("views", 8): 10.0, ("views", 20): 26.0}
+    rows = [{"label": label, "budget_images": budget, "training_flops": value} for (label, budget), value in
+            flops.items()]
+    assert matched_budgets(rows, "silc", "siglip", "images") == [(8, 8), (20, 20)]
+    assert matched_budgets(rows, "silc", "siglip", "flops") == [(8, 36)]  # 30 has no siglip budget within 1.25x
+    # an equal-images pair is not repeated as an equal-FLOPs pair
+    assert matched_budgets(rows, "silc", "views", "flops") == []
+    assert matched_budgets(rows, "siglip", "silc", "flops") == [(36, 8)]
+
+
 def test_merged_recipes_keep_what_they_do_not_change():
     base = {"optim": {"lr": 1, "steps": 2}, "objective": {"name": "silc", "distill": {"out_dim": 8}}}
     out = merged(base, {"optim": {"lr": 3}, "objective": {"distill": {"start_step": 4}}})
@@ -85,6 +113,8 @@ def test_study_trains_evaluates_reports_and_resumes_without_retraining(tmp_path,
     assert card["compute"]["images_seen"] == 24
     report = (output / "report.md").read_text()
     assert "## synthscenes-zeroshot (acc1)" in report and "| b − a | 16 |" in report
+    # a and b cost the same per image, so budgets 16 and 24 (1.5x apart) are no equal-FLOPs pair
+    assert "## Paired differences at matched training FLOPs" in report and "No compared pair has budgets" in report
     assert (output / "score_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
 
     # Resume: nothing is trained again and every record is kept.

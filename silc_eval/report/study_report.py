@@ -79,17 +79,40 @@ def summarize(output: Path, resamples: int = rs.DEFAULT_RESAMPLES, seed: int = r
     return rows
 
 
+FLOPS_MATCH = 1.25  # two runs count as equal-FLOPs when their training FLOPs differ by at most this factor
+
+
+def matched_budgets(rows: list[dict[str, Any]], a: str, b: str, axis: str) -> list[tuple[int, int]]:
+    """Return the (a's budget, b's budget) pairs compared on an axis: 'images' pairs equal budgets; 'flops' pairs each
+    budget of a with b's budget of nearest training FLOPs, kept when they differ by at most FLOPS_MATCH (and not
+    already an equal-images pair)."""
+    flops = {(r["label"], r["budget_images"]): r["training_flops"] for r in rows}
+    mine = sorted({budget for label, budget in flops if label == a})
+    theirs = sorted({budget for label, budget in flops if label == b})
+    if axis == "images":
+        return [(budget, budget) for budget in mine if budget in theirs]
+    pairs = []
+    for budget in mine:
+        if not theirs:
+            break
+        nearest = min(theirs, key=lambda other: abs(math.log(flops[(b, other)] / flops[(a, budget)])))
+        ratio = flops[(a, budget)] / flops[(b, nearest)]
+        if nearest != budget and 1 / FLOPS_MATCH <= ratio <= FLOPS_MATCH:
+            pairs.append((budget, nearest))
+    return pairs
+
+
 def paired_differences(rows: list[dict[str, Any]], pairs: list[tuple[str, str]], resamples: int, seed: int,
-                       level: float) -> list[dict[str, Any]]:
-    """Return per (a, b) pair, budget and benchmark the difference a - b of the seed means, its paired 95%
-    interval and bootstrap p-value, Holm-corrected per pair and budget across benchmarks."""
+                       level: float, axis: str = "images") -> list[dict[str, Any]]:
+    """Return per (a, b) pair, matched budgets (matched_budgets on axis) and benchmark the difference a - b of the
+    seed means, its paired interval and bootstrap p-value, Holm-corrected per pair and budget across benchmarks."""
     index = {(r["label"], r["budget_images"], r["benchmark"]): r for r in rows}
     out = []
     for a, b in pairs:
-        for budget in sorted({r["budget_images"] for r in rows}):
+        for budget_a, budget_b in matched_budgets(rows, a, b, axis):
             family = []
             for benchmark in dict.fromkeys(r["benchmark"] for r in rows):
-                left, right = index.get((a, budget, benchmark)), index.get((b, budget, benchmark))
+                left, right = index.get((a, budget_a, benchmark)), index.get((b, budget_b, benchmark))
                 if left is None or right is None or any(s is None for s in left["_stats"] + right["_stats"]):
                     continue
                 sides = [rs.stack_seeds(left["_stats"]), rs.stack_seeds(right["_stats"])]
@@ -99,8 +122,10 @@ def paired_differences(rows: list[dict[str, Any]], pairs: list[tuple[str, str]],
                 draws = rs.replicates(sides, [[metric], [metric]], resamples, seed)
                 observed = left["mean"] - right["mean"]
                 test = rs.paired_from_replicates(observed, draws[0][metric] - draws[1][metric], level)
-                family.append({"a": a, "b": b, "budget_images": budget, "benchmark": benchmark, "metric": metric,
-                               "delta": observed, "low": test.low, "high": test.high, "p_value": test.p_value})
+                family.append({"a": a, "b": b, "budget_images": budget_a, "budget_images_b": budget_b,
+                               "flops_ratio": left["training_flops"] / right["training_flops"],
+                               "benchmark": benchmark, "metric": metric, "delta": observed, "low": test.low,
+                               "high": test.high, "p_value": test.p_value})
             for row, adjusted in zip(family, rs.holm([r["p_value"] for r in family])):
                 row["p_holm"] = adjusted
                 row["significant"] = adjusted < 1 - level
@@ -113,8 +138,9 @@ def _pp(value: float) -> str:
 
 
 def render_markdown(plan: dict[str, Any], rows: list[dict[str, Any]], differences: list[dict[str, Any]],
-                    resamples: int, level: float) -> str:
-    """Return the study report as Markdown: one table per benchmark (recipes x budgets), compute, differences."""
+                    resamples: int, level: float, flops_differences: list[dict[str, Any]] = ()) -> str:
+    """Return the study report as Markdown: one table per benchmark (recipes x budgets), compute, and the paired
+    differences at equal images seen and at matched training FLOPs."""
     budgets = sorted({r["budget_images"] for r in rows})
     labels = list(dict.fromkeys(r["label"] for r in rows))
     index = {(r["label"], r["budget_images"], r["benchmark"]): r for r in rows}
@@ -155,7 +181,7 @@ def render_markdown(plan: dict[str, Any], rows: list[dict[str, Any]], difference
                 cells.append(f"{_pp(row['mean'])} [{_pp(row['low'])}, {_pp(row['high'])}]{short}")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if differences:
-        lines += ["", "## Paired differences", "",
+        lines += ["", "## Paired differences at equal images seen", "",
                   f"a − b in percentage points with its paired {100 * level:g}% interval (same images, same seed "
                   f"draws); p from the paired bootstrap, Holm-corrected across the benchmarks of each pair and budget; "
                   f"* significant at {1 - level:.2g}.", "",
@@ -165,6 +191,20 @@ def render_markdown(plan: dict[str, Any], rows: list[dict[str, Any]], difference
             lines.append(f"| {d['a']} − {d['b']} | {d['budget_images']:,} | {d['benchmark']} | "
                          f"{100 * d['delta']:+.2f}{star} | [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] | "
                          f"{d['p_holm']:.3g} |")
+    lines += ["", "## Paired differences at matched training FLOPs", "",
+              f"Each budget of a against the budget of b whose training FLOPs are nearest, when they differ by at most "
+              f"{FLOPS_MATCH:g}x (a/b is the FLOPs ratio); same intervals and Holm correction as above.", ""]
+    if flops_differences:
+        lines += ["| a − b | a's images | b's images | FLOPs a/b | benchmark | delta | interval | Holm p |",
+                  "|---|---:|---:|---:|---|---:|---:|---:|"]
+        for d in flops_differences:
+            star = "*" if d["significant"] else ""
+            lines.append(f"| {d['a']} − {d['b']} | {d['budget_images']:,} | {d['budget_images_b']:,} | "
+                         f"{d['flops_ratio']:.2f} | {d['benchmark']} | {100 * d['delta']:+.2f}{star} | "
+                         f"[{100 * d['low']:+.2f}, {100 * d['high']:+.2f}] | {d['p_holm']:.3g} |")
+    else:
+        lines.append("No compared pair has budgets within that factor of each other's FLOPs: give the cheaper recipe "
+                     "a larger budget (a recipe's own `budgets` in the study file).")
     lines += ["", f"![score against training FLOPs]({PLOT_FILE})", ""]
     return "\n".join(lines)
 
@@ -224,7 +264,9 @@ def write_study_report(output: Path, resamples: int = rs.DEFAULT_RESAMPLES, seed
         raise UserError(f"no records of the study's models under {output / 'results'}; run 'silc-eval study' first")
     pairs = [tuple(p) for p in plan.get("compare", [])]
     differences = paired_differences(rows, pairs, resamples, seed, level)
+    flops_differences = paired_differences(rows, pairs, resamples, seed, level, axis="flops")
     atomic_write_text(output / TABLE_FILE, render_csv(rows))
     atomic_write_bytes(output / PLOT_FILE, render_plot(rows))
-    atomic_write_text(output / REPORT_FILE, render_markdown(plan, rows, differences, resamples, level))
+    atomic_write_text(output / REPORT_FILE, render_markdown(plan, rows, differences, resamples, level,
+                                                            flops_differences))
     return output / REPORT_FILE

@@ -12,6 +12,7 @@ The study file (YAML):
     recipes:
       clip: {recipe: clip}
       silc-horizon: {recipe: silc, set: {objective: {distill: {ema_horizon_images: 2048}}}}
+      siglip: {recipe: siglip, budgets: [5120, 10240, 17920]}   # a recipe's own budgets (e.g. to match FLOPs)
 
 Every run (recipe label x budget x seed) gets a recipe file written under OUTPUT/recipes (the
 named recipe with the study's and the run's `set` merged in, its seed and steps, no evaluation
@@ -115,13 +116,17 @@ def load_study(path: Path) -> Study:
     runs = []
     for label, entry in recipes.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("recipe"), str) or \
-                not set(entry) <= {"recipe", "set"} or not isinstance(entry.get("set", {}), dict):
-            raise UserError(f"{path}: recipe '{label}' must be {{recipe: NAME, set: {{...}}}}, got {entry!r}")
+                not set(entry) <= {"recipe", "set", "budgets"} or not isinstance(entry.get("set", {}), dict):
+            raise UserError(f"{path}: recipe '{label}' must be {{recipe: NAME, set: {{...}}, budgets: [...]}} "
+                            f"(set and budgets optional), got {entry!r}")
         if entry["recipe"] not in available_recipes() and not Path(entry["recipe"]).is_file():
             raise UserError(f"{path}: recipe '{label}': unknown recipe '{entry['recipe']}'; expected one of "
                             f"{', '.join(available_recipes())} or a YAML path")
         changes = merged(common, entry.get("set") or {})
-        runs += [StudyRun(str(label), entry["recipe"], budget, seed, changes) for budget in budgets for seed in seeds]
+        own_budgets = _int_list(path, f"recipes.{label}.budgets", entry["budgets"], 1) if "budgets" in entry \
+            else budgets
+        runs += [StudyRun(str(label), entry["recipe"], budget, seed, changes) for budget in own_budgets
+                 for seed in seeds]
     compare = data.get("compare") or []
     if not isinstance(compare, list) or not all(
             isinstance(p, list) and len(p) == 2 and all(str(x) in recipes for x in p) for p in compare):
