@@ -100,6 +100,7 @@ def test_force_recomputes_everything(rerun_dir, tiny_model_dir, evaluations, cap
     (lambda r: r["protocol"].update(logit_scale=7.0), "protocol changed (logit_scale: 7.0 -> 100.0)"),
     (lambda r: r["model"].update(sha256="0" * 64), "model weights changed (sha256)"),
     (lambda r: r["benchmark"].update(main_metric="acc5"), "benchmark definition changed"),
+    (lambda r: r["provenance"]["packages"].update(open_clip_torch="0.0.1"), "open_clip_torch 0.0.1 -> "),
 ])
 def test_a_changed_input_recomputes_that_record_only(rerun_dir, tiny_model_dir, evaluations, capsys, change, reason):
     changed = record_file(rerun_dir, tiny_model_dir, "synthscenes-zeroshot")
@@ -227,3 +228,37 @@ def test_a_changed_dataset_declaration_is_a_changed_input():
     assert changed_inputs(record, "a" * 64, benchmark) == []
     moved = replace(benchmark, dataset={**benchmark.dataset, "train_root": "elsewhere/train"})
     assert changed_inputs(record, "a" * 64, moved) == ["dataset declaration changed (e.g. its training split)"]
+
+
+def test_packaged_class_names_and_templates_are_part_of_the_record_fingerprint(tiny_classification_dir, monkeypatch):
+    # clip-benchmark's packaged templates live in the package, not under the data root: a new package version
+    # that changes them (CLIP_benchmark #109) must change the record's dataset identity.
+    from silc_eval.data import metadata
+    from silc_eval.data.readers import ImageFolderClassification
+    from silc_eval.evaluate.api import splits_fingerprint
+
+    def dataset():
+        templates = metadata.load_names("templates", "clip_benchmark:cifar10", tiny_classification_dir.root)
+        return ImageFolderClassification(tiny_classification_dir.image_root, tiny_classification_dir.classnames,
+                                         templates)
+
+    before = dataset()
+    packaged = metadata._packaged
+    monkeypatch.setattr(metadata, "_packaged", lambda kind, name: packaged(kind, name)[:-1] + ["a blurry {c}."])
+    after = dataset()
+    assert before.fingerprint == after.fingerprint  # the same files
+    assert splits_fingerprint({"eval": before}) != splits_fingerprint({"eval": after})
+    renamed = dataset()
+    renamed.classes = renamed.classes[:-1] + ["another name"]
+    assert splits_fingerprint({"eval": renamed}) != splits_fingerprint({"eval": after})
+    assert splits_fingerprint({"eval": after}) == splits_fingerprint({"eval": dataset()})
+
+
+def test_identity_packages_are_the_data_builder_and_the_model_library():
+    from silc_eval.evaluate.resume import identity_packages
+
+    zeroshot = resolve_benchmarks(["synthscenes-zeroshot"])[0]
+    cifar = resolve_benchmarks(["cifar10-zeroshot"])[0]  # read through clip-benchmark's builder
+    assert identity_packages("zoo", zeroshot) == ("open_clip_torch",)
+    assert identity_packages("hf", zeroshot) == ("transformers",)
+    assert identity_packages("local-dir", cifar) == ("clip-benchmark", "open_clip_torch")

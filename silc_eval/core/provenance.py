@@ -6,6 +6,7 @@ import functools
 import platform
 import subprocess
 from importlib import metadata
+from typing import Sequence
 
 from silc_eval.core.paths import PROJECT_ROOT
 
@@ -13,10 +14,10 @@ TRACKED_PACKAGES = ("silc-eval", "torch", "torchvision", "open_clip_torch", "cli
                     "pillow", "transformers", "tokenizers")
 
 
-def package_versions() -> dict[str, str]:
-    """Return {distribution: version} for the packages that can change a number."""
+def package_versions(names: Sequence[str] = TRACKED_PACKAGES) -> dict[str, str]:
+    """Return {distribution: version} for names (default: the packages that can change a number)."""
     versions = {}
-    for name in TRACKED_PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -7,6 +7,7 @@ evaluate through the same three calls: dataset_root -> build_splits -> evaluate_
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +62,19 @@ def build_splits(benchmark: Benchmark, root: Path, transform: Callable | None) -
     return {split: build_split(benchmark.dataset, root, transform, split) for split in benchmark.task_spec.splits}
 
 
+def text_identity(split) -> str:
+    """Return the class names and prompt templates a split carries, as canonical JSON ('' when it has none).
+
+    They are part of a record's dataset identity wherever they come from: a file under the data root is
+    hashed with the data, but clip-benchmark's packaged lists change with the package (CLIP_benchmark #109)."""
+    texts = {key: getattr(split, key) for key in ("classes", "templates") if getattr(split, key, None) is not None}
+    return json.dumps(texts, sort_keys=True, ensure_ascii=False, default=list) if texts else ""
+
+
 def splits_fingerprint(splits: dict[str, object]) -> str:
-    """Return the dataset fingerprint of a record: the eval split's alone, or a hash over every split's."""
-    if set(splits) == {"eval"}:
-        return splits["eval"].fingerprint
-    joined = ";".join(f"{name}:{splits[name].fingerprint}" for name in sorted(splits))
+    """Return the dataset fingerprint of a record: a hash over every split's files (its own fingerprint) and the
+    class names and templates it carries (text_identity)."""
+    joined = "".join(f"{name}:{splits[name].fingerprint}\0{text_identity(splits[name])}\n" for name in sorted(splits))
     return hashlib.sha256(joined.encode()).hexdigest()[:16]
 
 

@@ -1,9 +1,12 @@
 """Resuming a run: which earlier records of an output folder are kept, and why the others are recomputed.
 
 A rerun into the same output folder keeps every record whose inputs are unchanged: the model's
-weights (sha256), the dataset (fingerprint of every split the task reads), the protocol
-parameters, the benchmark's definition and the VERSION OF ITS TASK (a fix to one task
-recomputes that task's records only), and whose per-sample sidecar is present and intact.
+weights (sha256) and, for Hugging Face folders, its preprocessing; the dataset (fingerprint of
+every split the task reads, with the class names and templates it carries, packaged or not); the
+versions of the packages that build the data (clip-benchmark for its datasets) and compute the
+model's features (open_clip_torch or transformers); the protocol parameters, the benchmark's
+definition and the VERSION OF ITS TASK (a fix to one task recomputes that task's records only),
+and whose per-sample sidecar is present and intact.
 Records of schema v1 (before task versions and sidecars) are recomputed. Records are written
 atomically, so a killed run leaves whole records of what it finished and nothing of the rest.
 """
@@ -16,6 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from silc_eval.core.fingerprint import remembered_sha256
+from silc_eval.core.provenance import package_versions
 from silc_eval.core.records import RECORD_SCHEMA_V1, record_path, sidecar_problem
 from silc_eval.evaluate.api import build_splits, splits_fingerprint
 from silc_eval.models.hf_model import folder_preprocessing, inspect_hf_folder, weights_digest
@@ -64,11 +68,26 @@ def as_json(value):
     return json.loads(json.dumps(value, sort_keys=True))
 
 
-def changed_inputs(record: dict, sha256: str, benchmark: Benchmark, preprocessing: dict | None = None) -> list[str]:
-    """Return what differs between a record and this run, leaving out the dataset fingerprint ([] if nothing)."""
+def identity_packages(spec_kind: str, benchmark: Benchmark) -> tuple[str, ...]:
+    """Return the packages whose code builds this benchmark's data or computes the model's features: a new version
+    of one makes a resumed run recompute (clip-benchmark for its datasets, the model's library)."""
+    model_library = {"hf": "transformers"}.get(spec_kind, "open_clip_torch")
+    data = ("clip-benchmark",) if benchmark.dataset.get("format") == "clip_benchmark" else ()
+    return data + (model_library,)
+
+
+def changed_inputs(record: dict, sha256: str, benchmark: Benchmark, preprocessing: dict | None = None,
+                   packages: dict[str, str] | None = None) -> list[str]:
+    """Return what differs between a record and this run, leaving out the dataset fingerprint ([] if nothing).
+
+    packages: the current versions of the identity packages (identity_packages) to compare with the record's."""
     changes = []
     if record["model"]["sha256"] != sha256:
         changes.append("model weights changed (sha256)")
+    recorded = record.get("provenance", {}).get("packages", {})
+    for name, version in sorted((packages or {}).items()):
+        if recorded.get(name) != version:
+            changes.append(f"{name} {recorded.get(name, '(unrecorded)')} -> {version}")
     if record["model"].get("preprocessing") != preprocessing:
         changes.append("model preprocessing changed (processor or tokenizer configuration)")
     found, current = record["benchmark"].get("task_version"), benchmark.task_spec.version
@@ -126,7 +145,8 @@ def plan_resume(output: Path, model_specs: Sequence[str], benchmarks: Sequence[B
                 continue
             if sha256 is None:
                 sha256, preprocessing = weights_sha256(spec), spec_preprocessing(spec)
-            changes = changed_inputs(record, sha256, benchmark, preprocessing)
+            versions = package_versions(identity_packages(parse_model_spec(spec).kind, benchmark))
+            changes = changed_inputs(record, sha256, benchmark, preprocessing, versions)
             if not changes:
                 key = (json.dumps(benchmark.dataset, sort_keys=True), benchmark.task_spec.splits)
                 if key not in fingerprints:
