@@ -29,7 +29,7 @@ def _before_last_block(visual, images):
     """Tokens entering the last block, computed with open_clip's own blocks."""
     from silc_eval.models.vit import embed_patches
 
-    x, grid = embed_patches(visual, images)
+    x, grid = embed_patches(visual, images, sclip_scale=True)  # as dense inference embeds them
     for block in visual.transformer.resblocks[:-1]:
         x = block(x)
     return x, grid
@@ -63,7 +63,7 @@ def test_every_variant_gives_one_joint_space_vector_per_patch(visual, images, va
 
 def test_vanilla_equals_the_plain_patch_token_path(visual, images):
     features, grid = dense_features(visual, images, "vanilla")
-    _, tokens, _ = forward_any_size(visual, images)
+    _, tokens, _ = forward_any_size(visual, images, sclip_scale=True)
     assert torch.allclose(features.reshape(2, -1, features.shape[-1]), tokens @ visual.proj, atol=1e-6)
     tokens_unprojected, _ = patch_tokens(visual, images)
     assert torch.allclose(tokens_unprojected.reshape(2, -1, tokens.shape[-1]), tokens, atol=1e-6)

@@ -13,7 +13,8 @@ variants of the SCLIP family:
 
 Every variant then applies the final LayerNorm and the image projection, so patch
 features live in the text embedding space. Positional embeddings are interpolated
-(bicubic) for any input size divisible by the patch size.
+(bicubic, with the SCLIP reference code's scale factor (g + 0.1) / old) for any input size
+divisible by the patch size.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def dense_features(visual, images: torch.Tensor, variant: str = "vanilla") -> tu
     """
     check_variant(variant)
     _check_supported(visual)
-    x, grid = embed_patches(visual, images)
+    x, grid = embed_patches(visual, images, sclip_scale=True)
     blocks = visual.transformer.resblocks
     x = _run_blocks(visual.transformer, blocks[:-1], x)
     x = variant_last_block(_open_clip_last_block(visual.transformer, blocks[-1]), x, variant, grid)
@@ -148,7 +149,7 @@ def patch_tokens(visual, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int,
     """Return (last-layer patch tokens after the final LayerNorm (B, gh, gw, D), grid), before the projection
     (the input of a linear segmentation probe)."""
     _check_supported(visual)
-    x, grid = embed_patches(visual, images)
+    x, grid = embed_patches(visual, images, sclip_scale=True)
     x = _run_blocks(visual.transformer, visual.transformer.resblocks, x)
     tokens = visual.ln_post(x[:, 1:])
     return tokens.reshape(images.shape[0], grid[0], grid[1], -1), grid

@@ -15,7 +15,8 @@ What each family does, as its authors do it (and as it is recorded with every re
   SigLIP 2's lower-casing in its Gemma tokenizer);
 - logit scale (and SigLIP's bias) as trained, recorded for the record.
 
-Dense features (models/dense.py's five variants) go through the same last-block variants: CLIP's patch
+Dense features (models/dense.py's five variants) go through the same last-block variants, with
+positions interpolated as models/vit.py does off the training grid: CLIP's patch
 tokens through post_layernorm and visual_projection; SigLIP has no projection but an attention-pooling
 head (MAP), so each patch token goes through the head's value and output projections and its residual
 MLP, MaskCLIP's reading of an attention pool (the head's query then only weighs tokens).
@@ -38,6 +39,7 @@ from silc_eval.core.fingerprint import remembered_sha256
 from silc_eval.core.offline import enforce_offline
 from silc_eval.core.quiet import quiet_root_logger
 from silc_eval.models import dense
+from silc_eval.models.vit import interpolate_pos_embed
 
 HF_PREFIX = "hf:"
 FAMILIES = {"clip": "hf-clip", "siglip": "hf-siglip"}  # config.json model_type -> family
@@ -278,9 +280,24 @@ class HFModel:
         features = _output_tensor(output)
         return F.normalize(features, dim=-1) if normalize else features
 
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Return the tower's input tokens; off the training grid, positions interpolated as vit.py does (the SCLIP
+        family's scale factor), not by transformers' own interpolate_pos_encoding (size=)."""
+        embeddings = self.model.vision_model.embeddings
+        positions = embeddings.position_embedding.weight
+        side = round((positions.shape[0] - self.class_token) ** 0.5)
+        grid = self._grid(images)
+        if grid == (side, side):
+            return embeddings(images)
+        patches = embeddings.patch_embedding(images.to(embeddings.patch_embedding.weight.dtype))
+        tokens = patches.flatten(2).transpose(1, 2)
+        if self.class_token:
+            tokens = torch.cat([embeddings.class_embedding.expand(tokens.shape[0], 1, -1), tokens], dim=1)
+        return tokens + interpolate_pos_embed(positions, (side, side), grid, self.class_token, sclip_scale=True)[None]
+
     def _tokens_before_last_block(self, images: torch.Tensor) -> torch.Tensor:
         vision = self.model.vision_model
-        x = vision.embeddings(images, interpolate_pos_encoding=True)
+        x = self._embed(images)
         if hasattr(vision, "pre_layrnorm"):
             x = vision.pre_layrnorm(x)
         return _run_layers(vision.encoder.layers[:-1], x)

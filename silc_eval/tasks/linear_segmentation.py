@@ -14,7 +14,8 @@ Per-sample outcomes: per image and class the intersection, union, predicted and 
 Version 3: the probe is solved to its optimum (was: BatchNorm + conv trained by 500 AdamW steps
 per seed, which stopped short of it); `l2`, `max_iterations` and `tolerance` replace the
 optimiser's parameters and `seeds`. Version 4: `warm_start` (default nearest; was: from zero), the same
-problem solved to the same tolerance from a closer start.
+problem solved to the same tolerance from a closer start; positions off the training grid interpolated as
+zero-shot segmentation (version 2) does.
 """
 
 from __future__ import annotations

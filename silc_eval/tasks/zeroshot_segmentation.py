@@ -7,6 +7,8 @@ a softmax over all queries give probabilities, each class keeps the max over its
 classes covering less than area_thd of the foreground are zeroed, and pixels whose best
 probability is below prob_thd become class 0. The metric is mmseg's IoUMetric.
 Per-sample outcomes: per image and class the intersection, union, predicted and label counts.
+Version 2: off the model's training grid, positional embeddings are interpolated with the reference
+code's scale factor (g + 0.1) / old instead of by size (models/vit.py); on it, nothing changes.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
 
 
 TASK = Task(
-    name="zeroshot_segmentation", version=1,
+    name="zeroshot_segmentation", version=2,
     params={"variant": choice("sclip", VARIANTS, doc="last-block variant (models/dense.py)"),
             "short_side": integer(336, 1), "window": integer(224, 1), "stride": integer(112, 1),
             "logit_scale": number(40.0, above=0.0), "prob_thd": number(0.0, minimum=0.0, maximum=1.0),
