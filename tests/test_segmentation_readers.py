@@ -21,7 +21,8 @@ from silc_eval.registry import BENCHMARK_OPTIONAL, BENCHMARK_REQUIRED
 
 SEG_BENCHMARKS = {"voc21": 21, "pc60": 60, "coco-object": 81, "voc20": 20, "pc59": 59, "coco-stuff171": 171,
                   "cityscapes": 19, "ade20k": 150}
-SEG_PARAMS = {"variant", "short_side", "window", "stride", "logit_scale", "prob_thd", "area_thd", "batch_size"}
+SEG_PARAMS = {"variant", "short_side", "window", "stride", "logit_scale", "prob_thd", "area_thd", "batch_size",
+              "resize"}
 W, H = 8, 6
 
 
@@ -344,6 +345,7 @@ def test_benchmark_yaml_is_well_formed(stem):
     assert dataset["format"] == "mmseg" and set(dataset) >= FORMATS["mmseg"].required
     assert dataset["num_classes"] == SEG_BENCHMARKS[stem]
     assert dataset.get("reduce_zero_label", False) == (stem in {"ade20k", "pc59", "voc20"})
+    assert data["params"]["resize"] == "mmcv"  # the reference pipelines' uint8 OpenCV resize
 
 
 def test_sclip_settings_per_dataset():

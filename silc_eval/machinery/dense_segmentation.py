@@ -72,7 +72,8 @@ def text_window_fn(model, text: torch.Tensor, variant: str, amp: bool) -> Window
 def slide_images(model, images: Sequence[torch.Tensor], window_fn: WindowFn, params: dict) -> list[torch.Tensor]:
     """Return per uint8 image (3, H, W) its window-averaged logits (Q, H, W) at the original size."""
     mean, std = normalization_tensors(model)
-    prepared = [prepare_image(image.to(model.device), params["short_side"], mean, std) for image in images]
+    prepared = [prepare_image(image.to(model.device), params["short_side"], mean, std, params["resize"])
+                for image in images]
     return slide_logits(prepared, window_fn, params["window"], params["stride"], params["batch_size"],
                         output_sizes=[tuple(image.shape[-2:]) for image in images])
 

@@ -34,13 +34,14 @@ from tqdm import tqdm
 
 from silc_eval.core import distributed
 from silc_eval.core.labels import IGNORE_INDEX
-from silc_eval.core.params import Param, boolean, int_list, integer, number
+from silc_eval.core.params import Param, boolean, choice, int_list, integer, number
 from silc_eval.features import autocast_context
 from silc_eval.features import cache as feature_cache
 from silc_eval.machinery.dense_segmentation import image_batches
 from silc_eval.machinery.segmentation_metrics import SegmentationMeter
 from silc_eval.machinery.window_features import HeadFn, images_per_step, slid_meters, window_features
 from silc_eval.machinery.windows import (
+    RESIZES,
     bilinear_matrix,
     normalization_tensors,
     prepare_image,
@@ -57,6 +58,8 @@ def window_params() -> dict[str, Param]:
     """Return the protocol parameters of cutting, caching and sliding windows (every trained-head task)."""
     return {
         "short_side": integer(336, 1, doc="evaluation and training images are resized to this short side"),
+        "resize": choice("torch", RESIZES, doc="bilinear resize of the float image (torch) or of the uint8 image "
+                                               "by OpenCV, as mmcv's Resize (mmcv)"),
         "window": integer(224, 1, doc="sliding-window size"),
         "stride": integer(112, 1, doc="sliding-window stride"),
         "max_train_images": integer(None, 1, nullable=True,
@@ -91,13 +94,13 @@ class WindowCache:
 
 
 def training_windows(image: torch.Tensor, label: torch.Tensor, short_side: int, window: int, stride: int,
-                     mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                     mean: torch.Tensor, std: torch.Tensor, resize: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
     """Return (windows (K, 3, w, w), labels (K, w, w)) of one uint8 image and its label map.
 
     The image is resized as at evaluation (bilinear), the label with nearest; an image smaller
     than the window is padded (zeros after normalisation, label ignore) up to it.
     """
-    x = prepare_image(image, short_side, mean, std)
+    x = prepare_image(image, short_side, mean, std, resize)
     size = short_side_size(label.shape[-2], label.shape[-1], short_side)
     y = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
     pad_h, pad_w = max(window - size[0], 0), max(window - size[1], 0)
@@ -135,7 +138,7 @@ def cache_features(model, dataset, feature_fn: FeatureFn, feature_name: str, par
 
     parts = None
     if not distributed.active():
-        geometry = {name: params[name] for name in ("short_side", "window", "stride", "max_train_images")}
+        geometry = {name: params[name] for name in ("short_side", "window", "stride", "resize", "max_train_images")}
         if params.get("max_train_images") is not None:
             geometry["subset_seed"] = subset_seed
         parts = feature_cache.window_key_parts(model, dataset, "train", feature_name, geometry,
@@ -168,7 +171,7 @@ def _compute_training_windows(model, dataset, feature_fn: FeatureFn, params: dic
                       disable=not progress, desc="training windows", leave=False):
         for image, label, _ in items:
             crops, crop_labels = training_windows(image.to(device), label, params["short_side"], window,
-                                                  params["stride"], mean, std)
+                                                  params["stride"], mean, std, params["resize"])
             pending.append(crops)
             labels.append(crop_labels.to(label_dtype))
             if sum(len(p) for p in pending) >= params["batch_size"]:

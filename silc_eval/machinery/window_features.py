@@ -44,7 +44,7 @@ from silc_eval.machinery.windows import (
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # windows (N, 3, h, w) -> features (N, gh, gw, D)
 HeadFn = Callable[[torch.Tensor], torch.Tensor]  # features (n, gh, gw, D) float32 -> logits (n, Q, gh, gw)
-GEOMETRY = ("short_side", "window", "stride")
+GEOMETRY = ("short_side", "window", "stride", "resize")
 LIMIT_ENV = "SILC_EVAL_WINDOW_FEATURES_MAX_GB"
 DEFAULT_LIMIT_GB = 4.0
 
@@ -126,7 +126,8 @@ def batch_features(model, images: Sequence[torch.Tensor], feature_fn: FeatureFn,
                    params: dict) -> list[dict[Box, torch.Tensor]]:
     """Return per uint8 image (3, H, W) {box: float32 CPU features (gh, gw, D)} of each of its windows."""
     mean, std = normalization_tensors(model)
-    prepared = [prepare_image(image.to(model.device), params["short_side"], mean, std) for image in images]
+    prepared = [prepare_image(image.to(model.device), params["short_side"], mean, std, params["resize"])
+                for image in images]
     boxes: list[dict[Box, torch.Tensor]] = [{} for _ in prepared]
     for _, chunk in window_chunks([tuple(image.shape[-2:]) for image in prepared], params["window"],
                                   params["stride"], params["batch_size"]):

@@ -15,6 +15,8 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from silc_eval.core.errors import UserError
+
 LONG_SIDE_CAP = 2048
 
 
@@ -31,14 +33,38 @@ def short_side_size(height: int, width: int, short_side: int, long_cap: int = LO
     return int(height * scale + 0.5), int(width * scale + 0.5)
 
 
-def prepare_image(image: torch.Tensor, short_side: int | None, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Return a uint8 (3, H, W) image as a normalised float tensor, resized (bilinear) to the short side."""
-    x = image.float().div(255.0)
-    if short_side:
-        size = short_side_size(x.shape[-2], x.shape[-1], short_side)
-        if size != tuple(x.shape[-2:]):
-            x = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+RESIZES = ("torch", "mmcv")
+
+
+def prepare_image(image: torch.Tensor, short_side: int | None, mean: torch.Tensor, std: torch.Tensor,
+                  resize: str = "torch") -> torch.Tensor:
+    """Return a uint8 (3, H, W) image as a normalised float tensor, resized bilinearly to the short side.
+
+    resize "torch": the float image through F.interpolate (no rounding); "mmcv": the uint8 image through OpenCV's
+    INTER_LINEAR (fixed-point, rounded to uint8), as mmcv's Resize does in the SCLIP family's reference pipelines.
+    """
+    if resize not in RESIZES:
+        raise ValueError(f"resize must be one of {RESIZES}, not {resize!r}")
+    size = short_side_size(image.shape[-2], image.shape[-1], short_side) if short_side else tuple(image.shape[-2:])
+    if size == tuple(image.shape[-2:]):
+        x = image.float().div(255.0)
+    elif resize == "mmcv":
+        x = _opencv_resize(image, size).float().div(255.0)
+    else:
+        x = F.interpolate(image.float().div(255.0)[None], size=size, mode="bilinear", align_corners=False)[0]
     return (x - mean.to(x.device)) / std.to(x.device)
+
+
+def _opencv_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Return the uint8 (3, H, W) image resized to size (height, width) by cv2.resize with INTER_LINEAR."""
+    try:
+        import cv2
+    except ImportError:
+        raise UserError("resize: mmcv needs OpenCV (pip install opencv-python-headless); expected 'import cv2' to "
+                        "work, or resize: torch") from None
+    array = image.permute(1, 2, 0).contiguous().cpu().numpy()
+    resized = cv2.resize(array, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+    return torch.from_numpy(resized).permute(2, 0, 1).to(image.device)
 
 
 def window_boxes(height: int, width: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:

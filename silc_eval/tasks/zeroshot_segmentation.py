@@ -8,7 +8,8 @@ classes covering less than area_thd of the foreground are zeroed, and pixels who
 probability is below prob_thd become class 0. The metric is mmseg's IoUMetric.
 Per-sample outcomes: per image and class the intersection, union, predicted and label counts.
 Version 2: off the model's training grid, positional embeddings are interpolated with the reference
-code's scale factor (g + 0.1) / old instead of by size (models/vit.py); on it, nothing changes.
+code's scale factor (g + 0.1) / old instead of by size (models/vit.py); on it, nothing changes. `resize`
+(default torch, as before) can resize the uint8 image by OpenCV as the reference pipelines do (mmcv).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from silc_eval.machinery.segmentation_metrics import (
     segmentation_unit_statistics,
 )
 from silc_eval.machinery.window_features import slid_meters, window_features
+from silc_eval.machinery.windows import RESIZES
 from silc_eval.models.dense import VARIANTS
 
 
@@ -46,6 +48,8 @@ TASK = Task(
     name="zeroshot_segmentation", version=2,
     params={"variant": choice("sclip", VARIANTS, doc="last-block variant (models/dense.py)"),
             "short_side": integer(336, 1), "window": integer(224, 1), "stride": integer(112, 1),
+            "resize": choice("torch", RESIZES, doc="bilinear resize of the float image (torch) or of the uint8 "
+                                                   "image by OpenCV, as mmcv's Resize in the reference code (mmcv)"),
             "logit_scale": number(40.0, above=0.0), "prob_thd": number(0.0, minimum=0.0, maximum=1.0),
             "area_thd": number(None, minimum=0.0, maximum=1.0, nullable=True),
             "batch_size": integer(32, 1), "num_workers": integer(0, 0), "amp": boolean(False)},
