@@ -47,9 +47,25 @@ class ImagesInMemory(torch.utils.data.Dataset):
         return self.images[index], self.labels[index], index
 
 
-def zeroshot_params(variant: str) -> dict:
+def zeroshot_params(variant: str, **extra) -> dict:
     task = TASKS["zeroshot_segmentation"]
-    return task.protocol({**PARAMS, "variant": variant, "prob_thd": 0.1, "area_thd": 0.05}, "test")
+    return task.protocol({**PARAMS, "variant": variant, "prob_thd": 0.1, "area_thd": 0.05, **extra}, "test")
+
+
+def test_pamr_over_cached_features_equals_refining_the_slid_images_and_changes_the_outcome(tiny_model):
+    dataset = ImagesInMemory(seed=7)
+    params = zeroshot_params("sclip", pamr_steps=5, pamr_dilations=[1, 2])
+    text, query_class = query_embeddings(tiny_model, dataset.classes, dataset.templates)
+    direct = SegmentationMeter(dataset.num_classes)
+    for prediction, label in zip(segment(tiny_model, dataset.images, text, query_class, dataset.num_classes, params),
+                                 dataset.labels):
+        direct.update(prediction, label)
+    task = TASKS["zeroshot_segmentation"]
+    refined = task.evaluate(tiny_model, {"eval": dataset}, params, progress=False)
+    for field, counts in direct.counts().items():
+        assert np.array_equal(refined.samples[field], counts), field
+    plain = task.evaluate(tiny_model, {"eval": dataset}, zeroshot_params("sclip"), progress=False)
+    assert not np.array_equal(plain.samples["intersect"], refined.samples["intersect"])
 
 
 @pytest.mark.parametrize("variant", ["vanilla", "sclip", "naclip"])

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from silc_eval.features import OrderedLoader, autocast_context
+from silc_eval.machinery.pamr import pamr_refine
 from silc_eval.machinery.windows import normalization_tensors, prepare_image, slide_logits
 
 WindowFn = Callable[[torch.Tensor], torch.Tensor]  # windows (N, 3, h, w) -> logits or features (N, ..., gh, gw)
@@ -70,12 +71,35 @@ def text_window_fn(model, text: torch.Tensor, variant: str, amp: bool) -> Window
 
 
 def slide_images(model, images: Sequence[torch.Tensor], window_fn: WindowFn, params: dict) -> list[torch.Tensor]:
-    """Return per uint8 image (3, H, W) its window-averaged logits (Q, H, W) at the original size."""
+    """Return per uint8 image (3, H, W) its window-averaged logits (Q, H, W) at the original size, refined by PAMR
+    when params pamr_steps > 0 (pamr_refiner)."""
     mean, std = normalization_tensors(model)
     prepared = [prepare_image(image.to(model.device), params["short_side"], mean, std, params["resize"])
                 for image in images]
-    return slide_logits(prepared, window_fn, params["window"], params["stride"], params["batch_size"],
-                        output_sizes=[tuple(image.shape[-2:]) for image in images])
+    logits = slide_logits(prepared, window_fn, params["window"], params["stride"], params["batch_size"],
+                          output_sizes=[tuple(image.shape[-2:]) for image in images])
+    refine = pamr_refiner(model, params)
+    return logits if refine is None else [refine(image.to(model.device), one) for image, one in zip(images, logits)]
+
+
+def pamr_refiner(model, params: dict) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+    """Return refine(uint8 image (3, H, W), logits (Q, H, W)) -> refined logits, or None when params pamr_steps is 0.
+
+    As NACLIP does: the network's input image (resized and normalised as prepare_image makes it) is resized
+    bilinearly to the logits' size (the original image's) and guides params pamr_steps rounds of PAMR.
+    """
+    steps = params.get("pamr_steps", 0)
+    if not steps:
+        return None
+    mean, std = normalization_tensors(model)
+
+    def refine(image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        prepared = prepare_image(image, params["short_side"], mean, std, params["resize"])
+        guide = F.interpolate(prepared[None].float(), size=tuple(logits.shape[-2:]), mode="bilinear",
+                              align_corners=False)
+        return pamr_refine(guide, logits[None], steps, params["pamr_dilations"])[0]
+
+    return refine
 
 
 def zeroshot_postprocess(query_class: torch.Tensor, num_classes: int, params: dict):

@@ -68,12 +68,14 @@ class WindowFeatures:
             "counts": np.array([len(boxes) for boxes in self.per_image], dtype=np.int64),
         }
 
-    def batches(self, shard, params: dict, progress: bool, desc: str) -> Iterator:
-        """Yield (labels, per-image {box: features}) of shard's images in order; only label maps are read."""
+    def batches(self, shard, params: dict, progress: bool, desc: str, images: bool = False) -> Iterator:
+        """Yield (images, labels, per-image {box: features}) of shard's images in order; only label maps are read
+        (images are None) unless images is set."""
         done = 0
-        for items in tqdm(_batches(shard, images_per_step(params), params["num_workers"], labels_only=True),
+        for items in tqdm(_batches(shard, images_per_step(params), params["num_workers"], labels_only=not images),
                           disable=not progress, desc=desc, leave=False):
-            yield [label for _, label, _ in items], self.per_image[done:done + len(items)]
+            yield [image for image, _, _ in items], [label for _, label, _ in items], \
+                self.per_image[done:done + len(items)]
             done += len(items)
 
     @classmethod
@@ -157,12 +159,13 @@ class StreamedWindows:
     model: object
     feature_fn: FeatureFn
 
-    def batches(self, shard, params: dict, progress: bool, desc: str) -> Iterator:
-        """Yield (labels, per-image {box: features}) of shard's images in order, computing the features."""
+    def batches(self, shard, params: dict, progress: bool, desc: str, images: bool = False) -> Iterator:
+        """Yield (images, labels, per-image {box: features}) of shard's images in order, computing the features."""
         for items in tqdm(_batches(shard, images_per_step(params), params["num_workers"], labels_only=False),
                           disable=not progress, desc=desc, leave=False):
-            images = [image for image, _, _ in items]
-            yield [label for _, label, _ in items], batch_features(self.model, images, self.feature_fn, params)
+            pictures = [image for image, _, _ in items]
+            yield pictures, [label for _, label, _ in items], batch_features(self.model, pictures, self.feature_fn,
+                                                                             params)
 
 
 def _compute(model, shard, feature_fn: FeatureFn, params: dict, progress: bool,
@@ -207,16 +210,18 @@ def window_features(model, dataset, feature_fn: FeatureFn, feature_name: str, pa
 
 
 def slid_meters(features: WindowFeatures | StreamedWindows, dataset, heads: Sequence[HeadFn], postprocess: Callable,
-                params: dict, device="cpu", progress: bool = True, desc: str = "segmentation") -> list[SegmentationMeter]:
+                params: dict, device="cpu", progress: bool = True, desc: str = "segmentation",
+                refine: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[SegmentationMeter]:
     """Return per head the SegmentationMeter of postprocess(window-averaged logits) over every image of dataset.
 
     features are window_features of the same dataset and params (this rank's shard); each head
     maps features (n, gh, gw, D) to patch logits (n, Q, gh, gw), is slid and averaged like
-    slide_logits, upsampled to the label's size and post-processed into a class map.
+    slide_logits, upsampled to the label's size, refined by refine(uint8 image, logits) when given (the
+    images are then read too) and post-processed into a class map.
     """
     meters = [SegmentationMeter(dataset.num_classes, dataset.ignore_index) for _ in heads]
     shard = distributed.shard_dataset(dataset, images_per_step(params))
-    for labels, stored in features.batches(shard, params, progress, desc):
+    for images, labels, stored in features.batches(shard, params, progress, desc, images=refine is not None):
         sizes = [prepared_size(*label.shape[-2:], params["short_side"]) for label in labels]
         for head, meter in zip(heads, meters):
             def logits_fn(chunk: Sequence[tuple[int, Box]]) -> torch.Tensor:
@@ -226,6 +231,8 @@ def slid_meters(features: WindowFeatures | StreamedWindows, dataset, heads: Sequ
 
             logits = slide_boxes(sizes, logits_fn, params["window"], params["stride"], params["batch_size"],
                                  [tuple(label.shape[-2:]) for label in labels], device)
-            for image_logits, label in zip(logits, labels):
+            for image, image_logits, label in zip(images, logits, labels):
+                if refine is not None:
+                    image_logits = refine(image.to(device), image_logits)
                 meter.update(postprocess(image_logits).cpu(), label)
     return [meter.gather(len(dataset)) for meter in meters]

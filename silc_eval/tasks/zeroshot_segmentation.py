@@ -9,14 +9,15 @@ probability is below prob_thd become class 0. The metric is mmseg's IoUMetric.
 Per-sample outcomes: per image and class the intersection, union, predicted and label counts.
 Version 2: off the model's training grid, positional embeddings are interpolated with the reference
 code's scale factor (g + 0.1) / old instead of by size (models/vit.py); on it, nothing changes. `resize`
-(default torch, as before) can resize the uint8 image by OpenCV as the reference pipelines do (mmcv).
+(default torch, as before) can resize the uint8 image by OpenCV as the reference pipelines do (mmcv);
+`pamr_steps` (default 0, off) refines the logits with PAMR as NACLIP's headline numbers do.
 """
 
 from __future__ import annotations
 
 from silc_eval.core.contract import Outcome, Task
-from silc_eval.core.params import boolean, choice, integer, number
-from silc_eval.machinery.dense_segmentation import cosine_logits, zeroshot_postprocess
+from silc_eval.core.params import boolean, choice, int_list, integer, number
+from silc_eval.machinery.dense_segmentation import cosine_logits, pamr_refiner, zeroshot_postprocess
 from silc_eval.machinery.prompts import query_embeddings
 from silc_eval.machinery.segmentation_metrics import (
     SEGMENTATION_METRICS,
@@ -39,7 +40,7 @@ def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
                                f"dense:{variant}", params, "eval", progress, desc="zero-shot segmentation")
     postprocess = zeroshot_postprocess(query_class, dataset.num_classes, params)
     (meter,) = slid_meters(features, dataset, [lambda feats: cosine_logits(feats, text)], postprocess, params,
-                           model.device, progress, desc="zero-shot segmentation")
+                           model.device, progress, desc="zero-shot segmentation", refine=pamr_refiner(model, params))
     samples = counts_samples(meter, dataset.class_names)
     return Outcome(segmentation_score(samples), samples)
 
@@ -50,6 +51,8 @@ TASK = Task(
             "short_side": integer(336, 1), "window": integer(224, 1), "stride": integer(112, 1),
             "resize": choice("torch", RESIZES, doc="bilinear resize of the float image (torch) or of the uint8 "
                                                    "image by OpenCV, as mmcv's Resize in the reference code (mmcv)"),
+            "pamr_steps": integer(0, 0, doc="rounds of PAMR refinement of the logits (0: none; NACLIP: 10)"),
+            "pamr_dilations": int_list([8, 16], 1, doc="PAMR's neighbourhood dilations (NACLIP's)"),
             "logit_scale": number(40.0, above=0.0), "prob_thd": number(0.0, minimum=0.0, maximum=1.0),
             "area_thd": number(None, minimum=0.0, maximum=1.0, nullable=True),
             "batch_size": integer(32, 1), "num_workers": integer(0, 0), "amp": boolean(False)},
