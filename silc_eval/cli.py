@@ -19,6 +19,17 @@ class OneLineParser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
+def positive_int(text: str) -> int:
+    """Return text as a whole number >= 1 (an argparse type; anything else is a one-line usage error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def add_interval_options(parser: argparse.ArgumentParser, metrics: bool = True) -> None:
     """Add the bootstrap options (resamples, level, seed and, if asked, extra interval metrics) to a subcommand."""
     parser.add_argument("--resamples", type=int, default=1000, metavar="N",
@@ -62,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-feature-cache", action="store_true",
                      help="compute every image feature afresh (default: reuse the feature cache)")
+    run.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                     help="a smoke run on the first N samples of every split; its records say so and are never "
+                          "kept as full results")
     run.add_argument("--force", action="store_true",
                      help="recompute every record (default: keep records whose inputs are unchanged)")
 
@@ -162,7 +176,8 @@ def cmd_run(args) -> int:
         main = distributed.is_main()
         run(RunConfig(benchmarks=benchmarks, models=args.model, output=args.output, data_root=args.data_root,
                       synthscenes_root=args.synthscenes_root, device=device,
-                      progress=not args.no_progress and main, force=args.force))
+                      progress=not args.no_progress and main, force=args.force,
+                      limit=args.limit))
     if not main:
         return 0
     print(f"wrote {args.output}/leaderboard.md, leaderboard.csv, results.csv and records/")

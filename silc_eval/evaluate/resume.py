@@ -22,6 +22,7 @@ from silc_eval.core.fingerprint import remembered_sha256
 from silc_eval.core.provenance import package_versions
 from silc_eval.core.records import RECORD_SCHEMA_V1, record_path, sidecar_problem
 from silc_eval.evaluate.api import build_splits, splits_fingerprint
+from silc_eval.evaluate.limit import limit_splits
 from silc_eval.models.hf_model import folder_preprocessing, inspect_hf_folder, weights_digest
 from silc_eval.models.loading import find_weights_file, parse_model_spec
 from silc_eval.registry import Benchmark
@@ -128,7 +129,7 @@ def existing_record(path: Path, model_name: str, benchmark: Benchmark) -> tuple[
 
 
 def plan_resume(output: Path, model_specs: Sequence[str], benchmarks: Sequence[Benchmark],
-                roots: dict[str, Path]) -> ResumePlan:
+                roots: dict[str, Path], limit: int | None = None) -> ResumePlan:
     """Return which records under output a run of model_specs x benchmarks can keep.
 
     Model weights are hashed and datasets fingerprinted only where an earlier record exists; the
@@ -143,6 +144,11 @@ def plan_resume(output: Path, model_specs: Sequence[str], benchmarks: Sequence[B
                 if problem:
                     plan.stale.append((name, benchmark.name, problem))
                 continue
+            if record.get("limit") != limit:  # a --limit smoke record is never a full result, nor the reverse
+                found = f"the first {record['limit']} samples" if record.get("limit") else "all samples"
+                wanted = f"the first {limit}" if limit else "all samples"
+                plan.stale.append((name, benchmark.name, f"record of {found}, this run evaluates {wanted}"))
+                continue
             if sha256 is None:
                 sha256, preprocessing = weights_sha256(spec), spec_preprocessing(spec)
             versions = package_versions(identity_packages(parse_model_spec(spec).kind, benchmark))
@@ -150,7 +156,8 @@ def plan_resume(output: Path, model_specs: Sequence[str], benchmarks: Sequence[B
             if not changes:
                 key = (json.dumps(benchmark.dataset, sort_keys=True), benchmark.task_spec.splits)
                 if key not in fingerprints:
-                    fingerprints[key] = splits_fingerprint(build_splits(benchmark, roots[benchmark.name], None))
+                    fingerprints[key] = splits_fingerprint(limit_splits(build_splits(benchmark, roots[benchmark.name],
+                                                                                     None), limit))
                 if record["dataset"]["fingerprint"] != fingerprints[key]:
                     changes.append("dataset changed (fingerprint)")
             if changes:

@@ -13,6 +13,7 @@ from silc_eval.core.io import check_writable_folder
 from silc_eval.core.log import log
 from silc_eval.data.formats import declared_paths, missing_paths
 from silc_eval.evaluate.api import build_splits, dataset_root, evaluate_benchmark
+from silc_eval.evaluate.limit import limit_splits
 from silc_eval.evaluate.records import make_record, write_record
 from silc_eval.evaluate.resume import ResumePlan, plan_resume, resume_block
 from silc_eval.models import load_model, parse_model_spec
@@ -33,6 +34,7 @@ class RunConfig:
     device: str = "cpu"
     progress: bool = True
     force: bool = False  # recompute records whose inputs are unchanged (see plan_resume)
+    limit: int | None = None  # a smoke run on the first N samples of every split (evaluate/limit.py)
 
 
 def default_models() -> list[str]:
@@ -107,6 +109,9 @@ def run(config: RunConfig) -> list[dict]:
     with distributed.main_first():  # under torchrun rank 0 generates SynthScenes, the others then find it
         roots = {b.name: dataset_root(b.dataset, config.data_root, config.synthscenes_root) for b in benchmarks}
     plan = resume_plan(config, model_specs, benchmarks, roots)
+    if config.limit is not None:
+        log(f"silc-eval: smoke run on the first {config.limit} samples of every split (--limit): its records say "
+            f"so and are not comparable with full results")
     records, model_names = [], []
     for spec in model_specs:
         records += plan.kept_records(spec)
@@ -120,9 +125,12 @@ def run(config: RunConfig) -> list[dict]:
         for benchmark in todo:
             key = (json.dumps(benchmark.dataset, sort_keys=True), benchmark.task_spec.splits)
             if key not in built:
-                built[key] = build_splits(benchmark, roots[benchmark.name], model.preprocess)
+                built[key] = limit_splits(build_splits(benchmark, roots[benchmark.name], model.preprocess),
+                                          config.limit)
             evaluation = evaluate_benchmark(model, benchmark, built[key], config.progress)
             record = make_record(model, benchmark, evaluation, config.device)
+            if config.limit is not None:
+                record["limit"] = config.limit
             if distributed.is_main():
                 write_record(config.output, record, evaluation.outcome.samples)
             records.append(record)
@@ -139,7 +147,8 @@ def resume_plan(config: RunConfig, model_specs: Sequence[str], benchmarks: Seque
     """Return the run's ResumePlan (empty with --force), made on rank 0 and shared, after logging its block."""
     if config.force:
         return ResumePlan()
-    plan = plan_resume(config.output, model_specs, benchmarks, roots) if distributed.is_main() else None
+    plan = plan_resume(config.output, model_specs, benchmarks, roots, config.limit) if distributed.is_main() \
+        else None
     plan = distributed.broadcast_object(plan)
     block = resume_block(plan, config.output, len(model_specs) * len(benchmarks))
     if block:
