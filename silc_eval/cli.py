@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the silc-eval argument parser with its subcommands."""
     parser = OneLineParser(prog="silc-eval", description="Zero-shot evaluation and training for CLIP-style models.")
     parser.add_argument("--version", action="version", version=f"silc-eval {__version__}")
+    parser.add_argument("--extra-benchmarks", action="append", default=[], type=Path, metavar="DIR",
+                        help="a folder with definitions/ and/or suites/ that add to the built-in benchmarks "
+                             "(repeatable; before the command, e.g. silc-eval --extra-benchmarks mine run ...)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
 
     run = sub.add_parser("run", help="evaluate models on a suite and write records and a leaderboard")
@@ -307,6 +310,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for a user's mistake, with one line on stderr)."""
     try:
         args = build_parser().parse_args(argv)
+        if args.extra_benchmarks:
+            import os
+
+            from silc_eval.core.paths import EXTRA_BENCHMARKS_ENV, extra_benchmark_dirs
+
+            folders = [*extra_benchmark_dirs(), *args.extra_benchmarks]
+            os.environ[EXTRA_BENCHMARKS_ENV] = os.pathsep.join(str(f) for f in folders)  # torchrun ranks see it too
         return COMMANDS[args.command](args)
     except UserError as exc:
         print(f"silc-eval: error: {unwrap_worker_error(exc) or exc}", file=sys.stderr)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 from silc_eval.core.contract import Task
 from silc_eval.core.errors import UserError
-from silc_eval.core.paths import benchmarks_dir
+from silc_eval.core.paths import benchmarks_dir, extra_benchmark_dirs
 from silc_eval.core.schema import check_keys, load_yaml_mapping
 from silc_eval.data.formats import format_of
 from silc_eval.tasks import TASKS
@@ -106,17 +106,34 @@ def parse_suite(path: Path) -> Suite:
                  file=path)
 
 
+def _yaml_files(root: Path | None, folder: str, kind: str) -> dict[str, Path]:
+    """Return {name: file} of root/folder/*.yaml, or without root of the built-in folder and every extra one
+    (extra_benchmark_dirs); a name defined twice is a UserError naming both files."""
+    roots = [Path(root)] if root else [benchmarks_dir(), *extra_benchmark_dirs()]
+    for extra in roots[1:]:
+        if not extra.is_dir():
+            raise UserError(f"extra benchmarks folder {extra} does not exist; expected a folder with definitions/ "
+                            f"and/or suites/ of YAML files")
+    found: dict[str, Path] = {}
+    for base in roots:
+        for path in sorted((base / folder).glob("*.yaml")):
+            if path.stem in found:
+                raise UserError(f"{kind} '{path.stem}' is defined twice: {found[path.stem]} and {path}; expected "
+                                f"extra benchmark folders to add names, not to replace built-in ones")
+            found[path.stem] = path
+    return dict(sorted(found.items()))
+
+
 def benchmark_files(root: Path | None = None) -> dict[str, Path]:
-    """Return {name: file} of every benchmark definition under root/definitions, in name order, unparsed
-    (a benchmark's name is its file's stem; the file is read only when the benchmark is asked for)."""
-    root = Path(root) if root else benchmarks_dir()
-    return {p.stem: p for p in sorted((root / "definitions").glob("*.yaml"))}
+    """Return {name: file} of every benchmark definition under root/definitions (default: the built-in folder and
+    the extra ones), in name order, unparsed (a benchmark's name is its file's stem; the file is read only when the
+    benchmark is asked for)."""
+    return _yaml_files(root, "definitions", "benchmark")
 
 
 def suite_files(root: Path | None = None) -> dict[str, Path]:
-    """Return {name: file} of every suite under root/suites, in name order, unparsed."""
-    root = Path(root) if root else benchmarks_dir()
-    return {p.stem: p for p in sorted((root / "suites").glob("*.yaml"))}
+    """Return {name: file} of every suite under root/suites (default: built-in and extra folders), in name order."""
+    return _yaml_files(root, "suites", "suite")
 
 
 def load_benchmarks(root: Path | None = None,
