@@ -155,6 +155,22 @@ def test_siglip_patch_tokens_are_the_normed_last_hidden_state_and_dense_pass_the
     assert torch.allclose(model.dense_features(x, "vanilla").reshape(2, 16, -1)[:, 5:6], expected, atol=1e-5)
 
 
+def open_clip_blocks(layers) -> dict[str, torch.Tensor]:
+    """Return open_clip's resblock entries (transformer.resblocks.i.*) holding transformers encoder layers' weights."""
+    state = {}
+    for i, layer in enumerate(layers):
+        prefix, attn = f"transformer.resblocks.{i}.", layer.self_attn
+        state.update({
+            prefix + "ln_1.weight": layer.layer_norm1.weight, prefix + "ln_1.bias": layer.layer_norm1.bias,
+            prefix + "ln_2.weight": layer.layer_norm2.weight, prefix + "ln_2.bias": layer.layer_norm2.bias,
+            prefix + "attn.in_proj_weight": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
+            prefix + "attn.in_proj_bias": torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]),
+            prefix + "attn.out_proj.weight": attn.out_proj.weight, prefix + "attn.out_proj.bias": attn.out_proj.bias,
+            prefix + "mlp.c_fc.weight": layer.mlp.fc1.weight, prefix + "mlp.c_fc.bias": layer.mlp.fc1.bias,
+            prefix + "mlp.c_proj.weight": layer.mlp.fc2.weight, prefix + "mlp.c_proj.bias": layer.mlp.fc2.bias})
+    return state
+
+
 def open_clip_visual_from_hf(ref) -> torch.nn.Module:
     """Return an open_clip VisionTransformer holding the HF CLIP vision tower's weights."""
     from open_clip.transformer import QuickGELU, VisionTransformer
@@ -170,16 +186,7 @@ def open_clip_visual_from_hf(ref) -> torch.nn.Module:
              "ln_pre.weight": vision.pre_layrnorm.weight, "ln_pre.bias": vision.pre_layrnorm.bias,
              "ln_post.weight": vision.post_layernorm.weight, "ln_post.bias": vision.post_layernorm.bias,
              "proj": ref.visual_projection.weight.T}
-    for i, layer in enumerate(vision.encoder.layers):
-        prefix, attn = f"transformer.resblocks.{i}.", layer.self_attn
-        state.update({
-            prefix + "ln_1.weight": layer.layer_norm1.weight, prefix + "ln_1.bias": layer.layer_norm1.bias,
-            prefix + "ln_2.weight": layer.layer_norm2.weight, prefix + "ln_2.bias": layer.layer_norm2.bias,
-            prefix + "attn.in_proj_weight": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-            prefix + "attn.in_proj_bias": torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]),
-            prefix + "attn.out_proj.weight": attn.out_proj.weight, prefix + "attn.out_proj.bias": attn.out_proj.bias,
-            prefix + "mlp.c_fc.weight": layer.mlp.fc1.weight, prefix + "mlp.c_fc.bias": layer.mlp.fc1.bias,
-            prefix + "mlp.c_proj.weight": layer.mlp.fc2.weight, prefix + "mlp.c_proj.bias": layer.mlp.fc2.bias})
+    state.update(open_clip_blocks(vision.encoder.layers))
     missing, unexpected = visual.load_state_dict({k: v.detach() for k, v in state.items()}, strict=False)
     assert not unexpected and not [k for k in missing if "attn_mask" not in k]
     return visual
@@ -312,16 +319,7 @@ def open_clip_state_from_hf(ref) -> dict[str, torch.Tensor]:
                   "positional_embedding": text.embeddings.position_embedding.weight,
                   "ln_final.weight": text.final_layer_norm.weight, "ln_final.bias": text.final_layer_norm.bias,
                   "text_projection": ref.text_projection.weight.T, "logit_scale": ref.logit_scale.reshape(())})
-    for i, layer in enumerate(text.encoder.layers):
-        prefix, attn = f"transformer.resblocks.{i}.", layer.self_attn
-        state.update({
-            prefix + "ln_1.weight": layer.layer_norm1.weight, prefix + "ln_1.bias": layer.layer_norm1.bias,
-            prefix + "ln_2.weight": layer.layer_norm2.weight, prefix + "ln_2.bias": layer.layer_norm2.bias,
-            prefix + "attn.in_proj_weight": torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-            prefix + "attn.in_proj_bias": torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]),
-            prefix + "attn.out_proj.weight": attn.out_proj.weight, prefix + "attn.out_proj.bias": attn.out_proj.bias,
-            prefix + "mlp.c_fc.weight": layer.mlp.fc1.weight, prefix + "mlp.c_fc.bias": layer.mlp.fc1.bias,
-            prefix + "mlp.c_proj.weight": layer.mlp.fc2.weight, prefix + "mlp.c_proj.bias": layer.mlp.fc2.bias})
+    state.update(open_clip_blocks(text.encoder.layers))
     return {k: v.detach().contiguous() for k, v in state.items()}
 
 
