@@ -14,7 +14,7 @@ from silc_eval.machinery.convex_probe import (
     fit_linear_probe,
     nearest_loss_and_gradient,
     patch_label_counts,
-    standardized_tokens,
+    token_blocks,
     token_moments,
     upsampled_loss_and_gradient,
 )
@@ -134,11 +134,13 @@ def test_nearest_problem_equals_autograd_through_nearest_interpolate(grid, size)
     expected.backward()
     counts = patch_label_counts(labels, (grid, grid), 3, chunk=4)
     assert counts.sum() == (labels != 255).sum()
-    tokens = standardized_tokens(features, mean, std, "cpu", chunk=4)
-    with torch.no_grad():
-        loss, grad_weight, grad_bias = nearest_loss_and_gradient(weight, bias, tokens, counts.reshape(-1, 3))
-    assert loss == pytest.approx(expected.item(), rel=1e-5)
-    assert torch.allclose(grad_weight, weight.grad, atol=1e-6) and torch.allclose(grad_bias, bias.grad, atol=1e-6)
+    # held as one block, and streamed chunk by chunk when over the memory budget: the same loss and gradient
+    for max_bytes in (1 << 30, 0):
+        blocks = token_blocks(features, counts, mean, std, "cpu", max_bytes=max_bytes, chunk=4)
+        with torch.no_grad():
+            loss, grad_weight, grad_bias = nearest_loss_and_gradient(weight, bias, blocks)
+        assert loss == pytest.approx(expected.item(), rel=1e-5)
+        assert torch.allclose(grad_weight, weight.grad, atol=1e-6) and torch.allclose(grad_bias, bias.grad, atol=1e-6)
 
 
 def test_warm_start_reaches_the_same_optimum_in_fewer_passes_over_the_pixels():

@@ -25,7 +25,7 @@ The end point is the same problem's, to the same tolerance.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -35,6 +35,7 @@ from silc_eval.core.labels import IGNORE_INDEX
 from silc_eval.machinery.heads import upsampled_cross_entropy
 
 LOGITS_PER_CHUNK = 1_000_000  # upsampled logits held at once (windows x classes x pixels): ~4 MB, cache-sized
+WARM_START_BYTES = 1 << 30  # the warm start holds a float32 copy of the standardised tokens up to this size
 
 
 class StandardizedLinear(nn.Module):
@@ -137,29 +138,49 @@ def patch_label_counts(labels: torch.Tensor, grid: tuple[int, int], num_classes:
     return counts.reshape(windows, gh * gw, num_classes)
 
 
-def nearest_loss_and_gradient(weight: torch.Tensor, bias: torch.Tensor, tokens: torch.Tensor, counts: torch.Tensor
+TokenBlocks = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def nearest_loss_and_gradient(weight: torch.Tensor, bias: torch.Tensor, blocks: TokenBlocks
                               ) -> tuple[float, torch.Tensor, torch.Tensor]:
-    """Return (mean cross-entropy, its gradient for weight (C, D), for bias (C,)) of the affine probe on standardised
-    patch tokens (P, D) with logits upsampled by nearest neighbour, given each token's pixel label counts (P, C)
-    (patch_label_counts, flattened).
+    """Return (mean cross-entropy, its gradient for weight (C, D), for bias (C,)) of the affine probe with logits
+    upsampled by nearest neighbour, over blocks() of (standardised patch tokens (P, D), their pixel label counts
+    (P, C)) (token_blocks).
 
     Every pixel of a patch's cell shares the patch's logits, so the pixel sum is a count-weighted sum per patch.
     """
-    pixels = counts.sum(1)
-    log_probs = torch.log_softmax(tokens @ weight.T + bias, dim=1)
-    total = -float((counts * log_probs).sum(dtype=torch.float64))
-    delta = log_probs.exp_().mul_(pixels[:, None]).sub_(counts)
-    scale = 1.0 / max(float(pixels.sum()), 1.0)
-    return total * scale, (delta.T @ tokens) * scale, delta.sum(0) * scale
+    total, pixels_total = 0.0, 0.0
+    grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(bias)
+    for tokens, counts in blocks():
+        pixels = counts.sum(1)
+        log_probs = torch.log_softmax(tokens @ weight.T + bias, dim=1)
+        total -= float((counts * log_probs).sum(dtype=torch.float64))
+        pixels_total += float(pixels.sum())
+        delta = log_probs.exp_().mul_(pixels[:, None]).sub_(counts)
+        grad_weight += delta.T @ tokens
+        grad_bias += delta.sum(0)
+    scale = 1.0 / max(pixels_total, 1.0)
+    return total * scale, grad_weight * scale, grad_bias * scale
 
 
-def standardized_tokens(features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device, chunk: int = 256
-                        ) -> torch.Tensor:
-    """Return the standardised tokens (N * gh * gw, D) (float32, on device) of features (N, gh, gw, D)."""
-    dim = features.shape[-1]
+def token_blocks(features: torch.Tensor, counts: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, device,
+                 max_bytes: int = WARM_START_BYTES, chunk: int = 256) -> TokenBlocks:
+    """Return a function yielding (standardised tokens (P, D) float32 on device, their label counts (P, C)) over every
+    window of features (N, gh, gw, D) and counts (N, gh * gw, C): standardised once and held as one block when
+    that fits in max_bytes, else standardised afresh chunk by chunk on every pass (no float32 copy of the cache)."""
+    dim, classes = features.shape[-1], counts.shape[-1]
     mean, std = mean.to(device), std.to(device)
-    return torch.cat([((features[start:start + chunk].to(device, torch.float32) - mean) / std).reshape(-1, dim)
-                      for start in range(0, features.shape[0], chunk)])
+
+    def standardised(start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        block = (features[start:start + chunk].to(device, torch.float32) - mean) / std
+        return block.reshape(-1, dim), counts[start:start + chunk].to(device).reshape(-1, classes)
+
+    starts = range(0, features.shape[0], chunk)
+    if features.numel() * 4 > max_bytes:
+        return lambda: (standardised(start) for start in starts)
+    pieces = [standardised(start) for start in starts]
+    held = (torch.cat([t for t, _ in pieces]), torch.cat([c for _, c in pieces]))
+    return lambda: iter([held])
 
 
 def _minimise(loss_and_gradient: Callable[[torch.Tensor, torch.Tensor], tuple[float, torch.Tensor, torch.Tensor]],
@@ -207,11 +228,11 @@ def fit_linear_probe(features: torch.Tensor, labels: torch.Tensor, num_classes: 
     bar = tqdm(disable=not progress, desc="linear probe (L-BFGS)", unit="pass", leave=False)
     warm_iterations = 0
     if warm_start == "nearest":
-        tokens = standardized_tokens(features, mean, std, device)
-        counts = patch_label_counts(labels, features.shape[1:3], num_classes).reshape(tokens.shape[0], -1).to(device)
-        warm_iterations, _ = _minimise(lambda w, b: nearest_loss_and_gradient(w, b, tokens, counts),
+        blocks = token_blocks(features, patch_label_counts(labels, features.shape[1:3], num_classes), mean, std,
+                              device)
+        warm_iterations, _ = _minimise(lambda w, b: nearest_loss_and_gradient(w, b, blocks),
                                        weight, bias, l2, max_iterations, tolerance, bar)
-        del tokens, counts
+        del blocks
     iterations, evaluations = _minimise(
         lambda w, b: upsampled_loss_and_gradient(w, b, features, labels, mean, std),
         weight, bias, l2, max_iterations, tolerance, bar)
