@@ -391,7 +391,9 @@ def load_text_teacher(folder: str | Path, device: str | torch.device = "cpu") ->
     weights = hf_weights_file(folder)
     enforce_offline()
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per load in every training log otherwise
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         model = AutoModel.from_pretrained(str(folder), local_files_only=True)
