@@ -137,7 +137,8 @@ def plan_resume(output: Path, model_specs: Sequence[str], benchmarks: Sequence[B
     """
     plan, fingerprints = ResumePlan(), {}
     for spec in model_specs:
-        name, sha256, preprocessing = parse_model_spec(spec).name, None, None
+        parsed = parse_model_spec(spec)
+        name, sha256, preprocessing = parsed.name, None, None
         for benchmark in benchmarks:
             record, problem = existing_record(record_path(output, name, benchmark.name), name, benchmark)
             if record is None:
@@ -151,7 +152,7 @@ def plan_resume(output: Path, model_specs: Sequence[str], benchmarks: Sequence[B
                 continue
             if sha256 is None:
                 sha256, preprocessing = weights_sha256(spec), spec_preprocessing(spec)
-            versions = package_versions(identity_packages(parse_model_spec(spec).kind, benchmark))
+            versions = package_versions(identity_packages(parsed.kind, benchmark))
             changes = changed_inputs(record, sha256, benchmark, preprocessing, versions)
             if not changes:
                 key = (json.dumps(benchmark.dataset, sort_keys=True), benchmark.task_spec.splits)

@@ -72,32 +72,34 @@ def text_window_fn(model, text: torch.Tensor, variant: str, amp: bool) -> Window
 
 def slide_images(model, images: Sequence[torch.Tensor], window_fn: WindowFn, params: dict) -> list[torch.Tensor]:
     """Return per uint8 image (3, H, W) its window-averaged logits (Q, H, W) at the original size, refined by PAMR
-    when params pamr_steps > 0 (pamr_refiner)."""
+    when params pamr_steps > 0 (refine_with_prepared)."""
     mean, std = normalization_tensors(model)
     prepared = [prepare_image(image.to(model.device), params["short_side"], mean, std, params["resize"])
                 for image in images]
     logits = slide_logits(prepared, window_fn, params["window"], params["stride"], params["batch_size"],
                           output_sizes=[tuple(image.shape[-2:]) for image in images])
-    refine = pamr_refiner(model, params)
-    return logits if refine is None else [refine(image.to(model.device), one) for image, one in zip(images, logits)]
+    if not params.get("pamr_steps", 0):
+        return logits
+    return [refine_with_prepared(x, one, params) for x, one in zip(prepared, logits)]
+
+
+def refine_with_prepared(prepared: torch.Tensor, logits: torch.Tensor, params: dict) -> torch.Tensor:
+    """Return logits (Q, H, W) refined by params pamr_steps rounds of PAMR, as NACLIP does: guided by the network's
+    input image (prepared: resized and normalised by prepare_image) resized bilinearly to the logits' size."""
+    guide = F.interpolate(prepared[None].float(), size=tuple(logits.shape[-2:]), mode="bilinear", align_corners=False)
+    return pamr_refine(guide, logits[None], params["pamr_steps"], params["pamr_dilations"])[0]
 
 
 def pamr_refiner(model, params: dict) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """Return refine(uint8 image (3, H, W), logits (Q, H, W)) -> refined logits, or None when params pamr_steps is 0.
-
-    As NACLIP does: the network's input image (resized and normalised as prepare_image makes it) is resized
-    bilinearly to the logits' size (the original image's) and guides params pamr_steps rounds of PAMR.
-    """
-    steps = params.get("pamr_steps", 0)
-    if not steps:
+    """Return refine(uint8 image (3, H, W), logits (Q, H, W)) -> refined logits (refine_with_prepared on the image
+    prepared as for the windows), or None when params pamr_steps is 0."""
+    if not params.get("pamr_steps", 0):
         return None
     mean, std = normalization_tensors(model)
 
     def refine(image: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        prepared = prepare_image(image, params["short_side"], mean, std, params["resize"])
-        guide = F.interpolate(prepared[None].float(), size=tuple(logits.shape[-2:]), mode="bilinear",
-                              align_corners=False)
-        return pamr_refine(guide, logits[None], steps, params["pamr_dilations"])[0]
+        return refine_with_prepared(prepare_image(image, params["short_side"], mean, std, params["resize"]), logits,
+                                    params)
 
     return refine
 
