@@ -150,6 +150,14 @@ def load_benchmarks(root: Path | None = None,
             if on_error is None:
                 raise
             on_error(exc)
+    for name, benchmark in list(benchmarks.items()):
+        if benchmark.group in benchmarks:  # a report's columns hold benchmarks and group means side by side
+            exc = UserError(f"{benchmark.file}: group '{benchmark.group}' is also the name of a benchmark; expected "
+                            f"a group name that no benchmark has")
+            if on_error is None:
+                raise exc
+            on_error(exc)
+            del benchmarks[name]
     return benchmarks
 
 

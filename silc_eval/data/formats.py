@@ -2,7 +2,7 @@
 
 Each entry says, in one place, which keys a declaration of that format has (required and
 optional), how it is checked beyond its keys, which kind of data it holds (classification,
-retrieval or segmentation), which splits it has, which paths (relative to the data root) a
+retrieval, segmentation or caption selection), which splits it has, which paths (relative to the data root) a
 split reads, and how a split is built into a torch Dataset. Splits are `eval` (what a
 benchmark scores) and `train` (what a probe or a head is fitted on, where declared).
 
@@ -19,6 +19,7 @@ from typing import Callable
 from silc_eval.core.errors import UserError
 from silc_eval.core.schema import check_keys
 from silc_eval.data import clip_benchmark_bridge, segmentation, wds
+from silc_eval.data.caption_selection import sugar_crepe_selection, winoground_selection
 from silc_eval.data.coco_captions import coco_captions_retrieval
 from silc_eval.data.metadata import is_packaged, load_names
 from silc_eval.data.readers import ImageFolderClassification, KarpathyRetrieval
@@ -34,7 +35,7 @@ class DatasetFormat:
 
     required: frozenset[str]
     optional: frozenset[str]
-    kind: Callable[[dict], str]                       # 'classification' | 'retrieval' | 'segmentation'
+    kind: Callable[[dict], str]   # 'classification' | 'retrieval' | 'segmentation' | 'caption_selection'
     has_split: Callable[[dict, str], bool]
     paths: Callable[[dict, str], list[str]]           # relative to the data root, for one split
     build: Callable[[dict, Path, Callable | None, str], object]
@@ -144,6 +145,17 @@ FORMATS: dict[str, DatasetFormat] = {
         has_split=lambda d, split: split == "eval" or "train_split" in d,
         paths=lambda d, split: [f"{d['root']}/{p}" for p in wds.layout_paths(_on_disk_split(d, split))],
         build=_wds_build),
+    "sugar_crepe": DatasetFormat(
+        required=frozenset({"annotations", "images"}), optional=frozenset(),
+        kind=lambda d: "caption_selection", has_split=_eval_only,
+        paths=lambda d, split: [d["annotations"], d["images"]],
+        build=lambda d, root, transform, split: sugar_crepe_selection(root / d["annotations"], root / d["images"],
+                                                                      transform)),
+    "winoground": DatasetFormat(
+        required=frozenset({"root"}), optional=frozenset(),
+        kind=lambda d: "caption_selection", has_split=_eval_only,
+        paths=lambda d, split: [f"{d['root']}/examples.jsonl", f"{d['root']}/images"],
+        build=lambda d, root, transform, split: winoground_selection(root / d["root"], transform)),
     "mmseg": DatasetFormat(
         required=frozenset(segmentation.REQUIRED_KEYS), optional=frozenset(segmentation.OPTIONAL_KEYS),
         kind=lambda d: "segmentation", has_split=lambda d, split: split == "eval" or "train" in d,

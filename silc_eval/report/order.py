@@ -6,7 +6,8 @@ from typing import Sequence
 
 # The groups of benchmarks/definitions/*.yaml, in the order the SILC / SF-CLIP tables use.
 GROUP_ORDER = ["classification", "few-shot", "retrieval", "zero-shot segmentation", "open-vocabulary segmentation",
-               "linear segmentation"]
+               "linear segmentation", "compositionality (SugarCrepe)",
+               "compositionality (Winoground)"]
 
 
 def suite_order() -> list[str]:
