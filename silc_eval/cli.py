@@ -223,7 +223,8 @@ def cmd_list(args) -> int:
         from silc_eval.registry import load_benchmarks
 
         for b in load_benchmarks(on_error=lambda exc: warn(f"{exc} (left out)")).values():
-            print(f"{b.name:<32s} {b.task:<26s} {b.dataset['source']:<12s} {b.main_metric}")
+            each = f"  (one per language, {b.name}-<language>: {len(b.languages)})" if b.languages else ""
+            print(f"{b.name:<32s} {b.task:<26s} {b.dataset['source']:<12s} {b.main_metric}{each}")
     elif args.what == "suites":
         from silc_eval.core.log import warn
         from silc_eval.registry import load_suites

@@ -2,6 +2,12 @@
 
 A benchmark is (task, dataset, protocol parameters, main metric); a suite is a named
 list of benchmarks. Files: benchmarks/definitions/<name>.yaml, benchmarks/suites/<name>.yaml.
+
+A definition with `languages` (a multilingual dataset) stands for one benchmark per language,
+`<name>-<language>`, its dataset declaration given that `language`: a suite or `--benchmark` naming
+`<name>` runs every language whose data is present (skipping the others, as a suite does),
+`<name>-<language>` one of them. Each language is its own record; the
+definition's group holds them all, so the report's group mean is the mean over languages.
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ from silc_eval.core.contract import Task
 from silc_eval.core.errors import UserError
 from silc_eval.core.paths import benchmarks_dir, extra_benchmark_dirs
 from silc_eval.core.schema import check_keys, load_yaml_mapping
+from silc_eval.data.clip_benchmark_bridge import MULTILINGUAL_DATASETS, supported_languages
 from silc_eval.data.formats import format_of
 from silc_eval.tasks import TASKS
 
 BENCHMARK_REQUIRED = {"name", "task", "dataset", "main_metric", "group"}
-BENCHMARK_OPTIONAL = {"params", "description"}
+BENCHMARK_OPTIONAL = {"params", "description", "languages"}
 SUITE_REQUIRED = {"name", "benchmarks"}
 SUITE_OPTIONAL = {"description"}
 
@@ -36,6 +43,7 @@ class Benchmark:
     description: str = ""
     file: Path | None = None
     suite: str | None = None  # the suite this benchmark was resolved from (a suite run skips missing data)
+    languages: tuple[str, ...] = ()  # a multilingual definition before expand_languages; () for one benchmark
 
     @property
     def task_spec(self) -> Task:
@@ -90,8 +98,59 @@ def parse_benchmark(path: Path) -> Benchmark:
     if not isinstance(data["main_metric"], str) or task.metric_of(data["main_metric"]) is None:
         raise UserError(f"{path}: main_metric {data['main_metric']!r} is not a metric of task {task.name}; expected "
                         f"one of {', '.join(m.pattern for m in task.metrics)}")
+    languages = _languages(path, data, dataset)
     return Benchmark(name=data["name"], task=task.name, group=data["group"], main_metric=data["main_metric"],
-                     dataset=dataset, params=params, description=data.get("description", ""), file=path)
+                     dataset=dataset, params=params, description=data.get("description", ""), file=path,
+                     languages=languages)
+
+
+def _languages(path: Path, data: dict, dataset: dict) -> tuple[str, ...]:
+    """Return a definition's checked `languages` (() when it has none); a multilingual dataset needs them."""
+    multilingual = dataset.get("format") == "clip_benchmark" and dataset.get("dataset") in MULTILINGUAL_DATASETS
+    if "languages" not in data:
+        if multilingual and "language" not in dataset:
+            raise UserError(f"{path}: clip-benchmark's '{dataset['dataset']}' is multilingual; expected "
+                            f"'languages: [...]' (or 'languages: all') or dataset.language")
+        return ()
+    if not multilingual or "language" in dataset:
+        raise UserError(f"{path}: 'languages' needs a multilingual clip_benchmark dataset without dataset.language "
+                        f"(one of {', '.join(MULTILINGUAL_DATASETS)})")
+    supported = supported_languages(dataset["dataset"])
+    languages = supported if data["languages"] == "all" else data["languages"]
+    if not isinstance(languages, list) or not languages or not all(isinstance(x, str) for x in languages):
+        raise UserError(f"{path}: 'languages' must be 'all' or a non-empty list of language codes")
+    unknown = [x for x in languages if x not in supported]
+    if unknown:
+        raise UserError(f"{path}: clip-benchmark's '{dataset['dataset']}' has no language '{unknown[0]}'; expected "
+                        f"some of {', '.join(supported)}")
+    return tuple(dict.fromkeys(languages))
+
+
+def expand_languages(benchmark: Benchmark) -> list[Benchmark]:
+    """Return a multilingual definition's one benchmark per language (`<name>-<language>`, its dataset given that
+    language and a per-language name), or [benchmark] for a definition without languages."""
+    if not benchmark.languages:
+        return [benchmark]
+    return [replace(benchmark, name=f"{benchmark.name}-{language}", languages=(),
+                    dataset={**benchmark.dataset, "language": language,
+                             "name": f"{benchmark.dataset['name']}-{language}"})
+            for language in benchmark.languages]
+
+
+def _parse_named(name: str, files: dict[str, Path]) -> list[Benchmark]:
+    """Return the benchmarks a name stands for: a definition (every language of a multilingual one) or one language
+    `<definition>-<language>` of a multilingual definition; an unknown name lists the valid ones."""
+    if name in files:
+        benchmark = parse_benchmark(files[name])
+        # every language of a multilingual definition: run those whose data is present, as a suite does
+        return expand_languages(replace(benchmark, suite=name) if benchmark.languages else benchmark)
+    for stem in sorted((s for s in files if name.startswith(f"{s}-")), key=len, reverse=True):
+        benchmark = parse_benchmark(files[stem])
+        chosen = [b for b in expand_languages(benchmark) if b.name == name]
+        if benchmark.languages and chosen:
+            return chosen
+    raise UserError(f"unknown benchmark '{name}'; expected one of {', '.join(files)} (a multilingual one also as "
+                    f"<name>-<language>)")
 
 
 def parse_suite(path: Path) -> Suite:
@@ -201,7 +260,7 @@ def resolve_suite(name: str, root: Path | None = None) -> list[Benchmark]:
         raise UserError(f"unknown suite '{name}'; expected one of {', '.join(suites)}")
     files = benchmark_files(root)
     suite = check_suite(suites[name], files)
-    return [replace(parse_benchmark(files[b]), suite=name) for b in suite.benchmarks]
+    return [replace(b, suite=name) for stem in suite.benchmarks for b in expand_languages(parse_benchmark(files[stem]))]
 
 
 def resolve_benchmarks(names: list[str], root: Path | None = None) -> list[Benchmark]:
@@ -210,7 +269,4 @@ def resolve_benchmarks(names: list[str], root: Path | None = None) -> list[Bench
     Only the named benchmarks' files are parsed: a malformed file elsewhere does not stop them.
     """
     files = benchmark_files(root)
-    for name in names:
-        if name not in files:
-            raise UserError(f"unknown benchmark '{name}'; expected one of {', '.join(files)}")
-    return [parse_benchmark(files[n]) for n in names]
+    return [b for name in names for b in _parse_named(name, files)]

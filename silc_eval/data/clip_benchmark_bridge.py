@@ -53,8 +53,28 @@ LAYOUTS: dict[str, dict[str, tuple[str, ...]]] = {
                         "train": ("train2014", "coco_train_karpathy.json")},
     "flickr30k": {"*": ("flickr30k_{split}_karpathy.txt",)},
     "flickr8k": {"*": ("flickr8k_{split}_karpathy.txt",)},
+    # multilingual retrieval: the annotation file clip-benchmark's create_annotation_file writes per language
+    "crossmodal3600": {"test": ("crossmodal3600_captions-{language}.json",)},
+    "xtd10": {"test": ("xtd10-{language}.json",)},
+    "flickr30k-200": {"test": ("flickr30k_200-{language}.json",)},
 }
-RETRIEVAL_DATASETS = ("mscoco_captions", "flickr30k", "flickr8k")
+# clip-benchmark dataset -> (its module under clip_benchmark.datasets, the folder of its images under the root)
+MULTILINGUAL = {"crossmodal3600": ("crossmodal3600", "xm3600/images"), "xtd10": ("xtd10", "xtd10/images"),
+                "flickr30k-200": ("flickr30k_200", "flickr30k-200/images")}
+MULTILINGUAL_DATASETS = tuple(MULTILINGUAL)
+RETRIEVAL_DATASETS = ("mscoco_captions", "flickr30k", "flickr8k") + MULTILINGUAL_DATASETS
+
+
+def supported_languages(name: str) -> list[str]:
+    """Return the language codes clip-benchmark's module for multilingual dataset name supports."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"clip_benchmark.datasets.{MULTILINGUAL[name][0]}")
+    except ImportError as exc:  # xtd10 and flickr30k_200 import `requests`, which clip-benchmark does not declare
+        raise UserError(f"clip-benchmark's '{name}' module cannot be imported ({exc}); expected its imports "
+                        f"installed: pip install {exc.name or 'requests'}") from None
+    return list(module.SUPPORTED_LANGUAGES)
 
 
 def check_name(name: str) -> None:
@@ -65,14 +85,17 @@ def check_name(name: str) -> None:
                         f"{', '.join(sorted(LAYOUTS))}")
 
 
-def layout_paths(name: str, split: str) -> list[str]:
-    """Return the paths (relative to the dataset_root) clip-benchmark's builder reads for name and split."""
+def layout_paths(name: str, split: str, language: str | None = None) -> list[str]:
+    """Return the paths (relative to the dataset_root) clip-benchmark's builder reads for name, split and, for a
+    multilingual dataset, language."""
     check_name(name)
     layout = LAYOUTS[name]
     if split not in layout and "*" not in layout:
         raise UserError(f"clip-benchmark dataset '{name}' has no split '{split}' here; expected one of "
                         f"{', '.join(sorted(layout))}")
-    return [p.format(split=split) for p in layout.get(split, layout.get("*", ()))]
+    if name in MULTILINGUAL and not language:
+        raise UserError(f"clip-benchmark dataset '{name}' is multilingual: expected a language")
+    return [p.format(split=split, language=language) for p in layout.get(split, layout.get("*", ()))]
 
 
 def _labels(ds) -> list[int]:
@@ -124,15 +147,25 @@ class ClipBenchmarkClassification(Dataset):
         return self.dataset[index]
 
 
-def _retrieval_items(ds, name: str) -> tuple[list[Path], list[list[str]]]:
+def _multilingual_image(path: str, folder: Path, name: str) -> Path:
+    """Return an image of a multilingual annotation file: the path it names (create_annotation_file writes them
+    joined to the root it was given), else the file of that name in the dataset's image folder under folder."""
+    listed = Path(path) if Path(path).is_absolute() else folder / path
+    return listed if listed.is_file() else folder / MULTILINGUAL[name][1] / Path(path).name
+
+
+def _retrieval_items(ds, name: str, folder: Path) -> tuple[list[Path], list[list[str]]]:
     """Return (image files, captions per image) of a clip-benchmark retrieval dataset, in its order."""
     if name == "mscoco_captions":  # torchvision CocoCaptions over clip-benchmark's Karpathy COCO-format JSON
         files = [Path(ds.root) / ds.coco.loadImgs(i)[0]["file_name"] for i in ds.ids]
         return files, [list(ds._load_target(i)) for i in ds.ids]
+    if name in MULTILINGUAL:  # one caption (a string) per image, as the builder's items wrap it: [caption]
+        return [_multilingual_image(image, folder, name) for image, _ in ds.data], [[c] for _, c in ds.data]
     return [Path(ds.root) / image for image, _ in ds.data], [list(c) for _, c in ds.data]
 
 
-def _call_builder(name: str, folder: Path, split: str, transform: Callable | None, task: str):
+def _call_builder(name: str, folder: Path, split: str, transform: Callable | None, task: str,
+                  language: str | None = None):
     """Return clip-benchmark's dataset, its chatter silenced and its failures turned into UserErrors."""
     try:
         from clip_benchmark.datasets.builder import build_dataset
@@ -143,11 +176,12 @@ def _call_builder(name: str, folder: Path, split: str, transform: Callable | Non
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             return build_dataset(name, root=str(folder), transform=transform, split=split, download=False,
-                                 task=task)
+                                 task=task, language=language or "en")
     except Exception as exc:  # the builder signals a bad layout with asserts, RuntimeError, OSError, ValueError
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UserError(f"clip-benchmark could not open '{name}' from {folder} ({detail}); expected "
-                        f"{', '.join(str(folder / p) for p in layout_paths(name, split)) or folder}") from None
+                        f"{', '.join(str(folder / p) for p in layout_paths(name, split, language)) or folder}"
+                        ) from None
 
 
 def build_clip_benchmark(dataset: dict, root: Path, transform: Callable | None, split: str | None = None):
@@ -156,15 +190,15 @@ def build_clip_benchmark(dataset: dict, root: Path, transform: Callable | None, 
     Classification datasets come back as ClipBenchmarkClassification, retrieval ones
     (mscoco_captions, flickr30k, flickr8k) as CaptionRetrieval with clip-benchmark's caption grouping.
     """
-    name, split = dataset["dataset"], split or dataset.get("split", "test")
+    name, split, language = dataset["dataset"], split or dataset.get("split", "test"), dataset.get("language")
     folder = Path(root) / dataset["root"]
-    missing = [p for p in [folder] + [folder / p for p in layout_paths(name, split)] if not p.exists()]
+    missing = [p for p in [folder] + [folder / p for p in layout_paths(name, split, language)] if not p.exists()]
     if missing:
         raise UserError(f"clip-benchmark dataset '{name}' not found: expected {', '.join(map(str, missing))}")
     if name in RETRIEVAL_DATASETS:
-        ds = _call_builder(name, folder, split, None, "zeroshot_retrieval")
-        files, captions = _retrieval_items(ds, name)
-        annotation_file = folder / layout_paths(name, split)[-1]
+        ds = _call_builder(name, folder, split, None, "zeroshot_retrieval", language)
+        files, captions = _retrieval_items(ds, name, folder)
+        annotation_file = folder / layout_paths(name, split, language)[-1]
         return CaptionRetrieval(files, captions, annotation_file, str(folder), transform)
     ds = _call_builder(name, folder, split, transform, "zeroshot_classification")
     return ClipBenchmarkClassification(ds, name, folder, split)

@@ -75,8 +75,8 @@ def _on_disk_split(dataset: dict, split: str) -> str:
 
 def _clip_benchmark_paths(dataset: dict, split: str) -> list[str]:
     root = dataset["root"]
-    return [root] + [f"{root}/{p}" for p in clip_benchmark_bridge.layout_paths(dataset["dataset"],
-                                                                             _on_disk_split(dataset, split))]
+    return [root] + [f"{root}/{p}" for p in clip_benchmark_bridge.layout_paths(
+        dataset["dataset"], _on_disk_split(dataset, split), dataset.get("language"))]
 
 
 def _clip_benchmark_build(dataset: dict, root: Path, transform, split: str):
@@ -94,7 +94,15 @@ def _clip_benchmark_build(dataset: dict, root: Path, transform, split: str):
 
 def _clip_benchmark_check(dataset: dict, where: str) -> None:
     try:
-        clip_benchmark_bridge.layout_paths(dataset["dataset"], dataset.get("split", "test"))
+        clip_benchmark_bridge.check_name(dataset["dataset"])
+        if dataset["dataset"] in clip_benchmark_bridge.MULTILINGUAL_DATASETS and "language" in dataset:
+            if dataset["language"] not in clip_benchmark_bridge.supported_languages(dataset["dataset"]):
+                raise UserError(f"clip-benchmark's '{dataset['dataset']}' has no language {dataset['language']!r}")
+        elif "language" in dataset:
+            raise UserError(f"dataset.language is for the multilingual datasets "
+                            f"({', '.join(clip_benchmark_bridge.MULTILINGUAL_DATASETS)}), not '{dataset['dataset']}'")
+        if dataset["dataset"] not in clip_benchmark_bridge.MULTILINGUAL_DATASETS:
+            clip_benchmark_bridge.layout_paths(dataset["dataset"], dataset.get("split", "test"))
     except UserError as exc:
         raise UserError(f"{where}: {exc}") from None
 
@@ -135,7 +143,8 @@ FORMATS: dict[str, DatasetFormat] = {
         kind=lambda d: "retrieval", has_split=_eval_only,
         paths=lambda d, split: [d["annotations"], d["images"]], build=_coco_captions_build),
     "clip_benchmark": DatasetFormat(
-        required=frozenset({"dataset", "root"}), optional=frozenset({"split", "train_split", "classnames", "templates"}),
+        required=frozenset({"dataset", "root"}),
+        optional=frozenset({"split", "train_split", "classnames", "templates", "language"}),
         kind=lambda d: "retrieval" if d["dataset"] in clip_benchmark_bridge.RETRIEVAL_DATASETS else "classification",
         has_split=lambda d, split: split == "eval" or "train_split" in d,
         paths=_clip_benchmark_paths, build=_clip_benchmark_build, check=_clip_benchmark_check),
