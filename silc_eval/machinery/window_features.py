@@ -12,8 +12,9 @@ cache on disk (features/cache.py), and every head (every seed) is slid over them
   the labels only (on a cache hit no image is decoded); the images come back in dataset
   order on every rank.
 
-The geometry is mmseg's slide inference (windows.py); features are float32, so sliding a head
-over cached features gives the logits sliding it over the images would.
+The geometry is mmseg's slide inference, or one window per image when window is 0 (windows.py); every
+parameter of it (GEOMETRY) is in the cache key; features are float32, so sliding a head over cached
+features gives the logits sliding it over the images would.
 """
 
 from __future__ import annotations

@@ -4,7 +4,10 @@ An image is resized so its short side is S (aspect kept, as mmseg's keep-ratio R
 scale (2048, S)), cut into windows of W with stride T (no padding: the last window is
 shifted back inside the image), each window's patch-level logits are upsampled bilinearly
 to the window, overlapping logits are averaged, and the result is upsampled bilinearly to
-the ORIGINAL image size. Windows of one shape are batched, across images too.
+the ORIGINAL image size. Windows of one shape are batched, across images too. A window of 0
+(WHOLE_IMAGE) encodes the whole resized image in one forward, as the reference code does with
+slide_crop 0 (mmseg's `whole` mode): its logits are upsampled to the resized image, then to the
+original size, exactly as a single window covering the image would be.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch.nn.functional as F
 from silc_eval.core.errors import UserError
 
 LONG_SIDE_CAP = 2048
+WHOLE_IMAGE = 0  # a window of 0: the whole resized image in one forward (the reference code's slide_crop 0)
 
 
 def normalization_tensors(model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +72,10 @@ def _opencv_resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def window_boxes(height: int, width: int, window: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """Return the (top, bottom, left, right) boxes of mmseg's slide inference for an image of this size."""
+    """Return the (top, bottom, left, right) boxes of mmseg's slide inference for an image of this size; window 0
+    is WHOLE_IMAGE: one box, the image itself (stride unused)."""
+    if window == WHOLE_IMAGE:
+        return [(0, height, 0, width)]
     rows = max(height - window + stride - 1, 0) // stride + 1
     cols = max(width - window + stride - 1, 0) // stride + 1
     boxes = []

@@ -13,8 +13,9 @@ variants of the SCLIP family:
 
 Every variant then applies the final LayerNorm and the image projection, so patch
 features live in the text embedding space. Positional embeddings are interpolated
-(bicubic, with the SCLIP reference code's scale factor (g + 0.1) / old) for any input size
-divisible by the patch size.
+(bicubic, with the SCLIP reference code's scale factor (g + 0.1) / old) for any input size; pixels
+past the last whole patch are dropped by the patch convolution, as in the reference code (whole-image
+inference meets such sizes).
 """
 
 from __future__ import annotations
@@ -131,7 +132,8 @@ def _residual_ffn(block, x: torch.Tensor) -> torch.Tensor:
 def dense_features(visual, images: torch.Tensor, variant: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
     """Return (patch embeddings (B, gh, gw, E) in the joint space, not normalised, grid) for images (B, 3, H, W).
 
-    H and W must be multiples of the patch size; the positional embedding is interpolated to the grid.
+    The grid is (H // patch, W // patch) (pixels past the last whole patch are dropped by the patch convolution,
+    as in the reference code); the positional embedding is interpolated to the grid.
     """
     check_variant(variant)
     _check_supported(visual)

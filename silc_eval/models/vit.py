@@ -48,7 +48,8 @@ def interpolate_pos_embed(pos_embed: torch.Tensor, old_grid: tuple[int, int], ne
 def embed_patches(visual, images: torch.Tensor, mask: torch.Tensor | None = None,
                   mask_token: torch.Tensor | None = None, sclip_scale: bool = False
                   ) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Return (tokens (B, 1 + gh*gw, D) after ln_pre, grid) for images of any size divisible by the patch.
+    """Return (tokens (B, 1 + gh*gw, D) after ln_pre, grid) for images of any size (grid = size // patch: the patch
+    convolution drops pixels past the last whole patch).
 
     mask (B, gh*gw) bool marks patches replaced by mask_token (D,) before positions are added; sclip_scale picks
     the dense-inference interpolation of positions (interpolate_patch_positions).

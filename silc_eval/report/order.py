@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Sequence
 
 # The groups of benchmarks/definitions/*.yaml, in the order the SILC / SF-CLIP tables use.
-GROUP_ORDER = ["classification", "few-shot", "retrieval", "zero-shot segmentation", "open-vocabulary segmentation",
-               "linear segmentation", "compositionality (SugarCrepe)",
+GROUP_ORDER = ["classification", "few-shot", "retrieval", "multilingual retrieval (XM3600)",
+               "multilingual retrieval (XTD10)", "multilingual retrieval (Flickr30k-200)", "zero-shot segmentation",
+               "zero-shot segmentation (ClearCLIP protocol)", "zero-shot segmentation (NACLIP protocol)",
+               "open-vocabulary segmentation", "linear segmentation", "compositionality (SugarCrepe)",
                "compositionality (Winoground)"]
 
 

@@ -10,7 +10,9 @@ Per-sample outcomes: per image and class the intersection, union, predicted and 
 Version 2: off the model's training grid, positional embeddings are interpolated with the reference
 code's scale factor (g + 0.1) / old instead of by size (models/vit.py); on it, nothing changes. `resize`
 (default torch, as before) can resize the uint8 image by OpenCV as the reference pipelines do (mmcv);
-`pamr_steps` (default 0, off) refines the logits with PAMR as NACLIP's headline numbers do.
+`pamr_steps` (default 0, off) refines the logits with PAMR as NACLIP's headline numbers do. `window: 0`
+encodes the whole resized image in one forward (NACLIP's slide_crop 0 on VOC); windows of 1 and more give the
+numbers they gave, so the version stays 2.
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
 TASK = Task(
     name="zeroshot_segmentation", version=2,
     params={"variant": choice("sclip", VARIANTS, doc="last-block variant (models/dense.py)"),
-            "short_side": integer(336, 1), "window": integer(224, 1), "stride": integer(112, 1),
+            "short_side": integer(336, 1),
+            "window": integer(224, 0, doc="sliding-window side in pixels; 0: the whole resized image in one forward "
+                                          "(the reference code's slide_crop 0; stride is then unused)"),
+            "stride": integer(112, 1),
             "resize": choice("torch", RESIZES, doc="bilinear resize of the float image (torch) or of the uint8 "
                                                    "image by OpenCV, as mmcv's Resize in the reference code (mmcv)"),
             "pamr_steps": integer(0, 0, doc="rounds of PAMR refinement of the logits (0: none; NACLIP: 10)"),
