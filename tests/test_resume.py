@@ -124,14 +124,15 @@ def test_a_new_version_of_one_task_recomputes_its_records_only(rerun_dir, tiny_m
     # the silc-eval version alone no longer invalidates a record; a task's own version does
     zeroshot = record_file(rerun_dir, tiny_model_dir, "synthscenes-zeroshot")
     edit_record(zeroshot, lambda r: r["provenance"].update(silc_eval_version="0.0.1"))
-    monkeypatch.setitem(TASKS, "retrieval", replace(TASKS["retrieval"], version=TASKS["retrieval"].version + 1))
+    version = TASKS["retrieval"].version
+    monkeypatch.setitem(TASKS, "retrieval", replace(TASKS["retrieval"], version=version + 1))
     assert run_cli(rerun_dir, tiny_model_dir) == 0
     assert evaluations == Counter({"retrieval": 1})
     err = capsys.readouterr().err
-    assert "keeping 1 of 2 records" in err and "task retrieval version 1 -> 2" in err
+    assert "keeping 1 of 2 records" in err and f"task retrieval version {version} -> {version + 1}" in err
     assert json.loads(zeroshot.read_text())["provenance"]["silc_eval_version"] == "0.0.1"  # kept, not rewritten
     assert json.loads(record_file(rerun_dir, tiny_model_dir, "synthscenes-retrieval").read_text())[
-        "benchmark"]["task_version"] == 2
+        "benchmark"]["task_version"] == version + 1
 
 
 def test_a_missing_sidecar_recomputes_its_record(rerun_dir, tiny_model_dir, evaluations, capsys):

@@ -4,6 +4,8 @@
     <root>/zeroshot_classification_templates.txt   one prompt per line, with a {c} placeholder
     <root>/<split>/nshards.txt                     optional: the shards are 0.tar .. <n-1>.tar
     <root>/<split>/*.tar                           samples <key>.{webp,png,jpg,jpeg} + <key>.cls
+                                                   (+ <key>.npy: per-sample metadata, DataComp's WILDS and
+                                                   fairness sets, e.g. the region of each image)
 
 The shards are indexed once with tarfile (member offsets, labels read from the .cls members),
 so items are read by index like any map-style dataset; samples keep webdataset's order.
@@ -11,6 +13,7 @@ so items are read by index like any map-style dataset; samples keep webdataset's
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import re
@@ -18,6 +21,7 @@ import tarfile
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
@@ -98,6 +102,7 @@ class WdsClassification(Dataset):
                                        else ["a photo of a {c}."])
         shards = shard_files(root / split)
         self.samples: list[tuple[Path, tarfile.TarInfo]] = []
+        self.metadata_members: list[tarfile.TarInfo | None] = []
         self.targets: list[int] = []
         for shard in shards:
             for key, members in index_shard(shard):
@@ -107,6 +112,7 @@ class WdsClassification(Dataset):
                                     f".cls label; expected both")
                 label = self._label(shard, members["cls"])
                 self.samples.append((shard, image))
+                self.metadata_members.append(members.get("npy"))
                 self.targets.append(label)
         if not self.samples:
             raise UserError(f"the shards in {root / split} hold no samples")
@@ -121,6 +127,26 @@ class WdsClassification(Dataset):
             raise UserError(f"{shard}:{member.name} holds '{text[:20]}'; expected a class index in "
                             f"0..{len(self.classes) - 1} ({len(self.classes)} names in {CLASSNAMES_FILE})")
         return int(text)
+
+    @functools.cached_property
+    def metadata(self) -> np.ndarray:
+        """Return every sample's metadata (its .npy member: a vector of integers, DataComp's metadata fields in
+        their evaluator's order) as an (N, F) int64 array; a set without .npy members is a UserError."""
+        missing = [i for i, m in enumerate(self.metadata_members) if m is None]
+        if missing:
+            shard = self.samples[missing[0]][0]
+            raise UserError(f"{len(missing)} samples of {self.folder / self.disk_split} have no .npy metadata, e.g. in "
+                            f"{shard}; expected <key>.npy beside each <key>.cls (DataComp's WILDS and fairness sets)")
+        rows = []
+        for (shard, _), member in zip(self.samples, self.metadata_members):
+            try:
+                rows.append(np.load(io.BytesIO(read_member(shard, member)), allow_pickle=False).reshape(-1))
+            except ValueError as exc:
+                raise UserError(f"cannot read {shard}:{member.name} as a numpy array ({exc})") from None
+        if len({len(r) for r in rows}) != 1:
+            raise UserError(f"the .npy metadata of {self.folder / self.disk_split} differ in length; expected one vector "
+                            f"of the same fields per sample")
+        return np.stack(rows).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -109,14 +109,21 @@ def summary_table(report: Report, wide: pd.DataFrame, deltas: pd.DataFrame | Non
     """Return the summary: compute columns, each group's mean, and the overall mean."""
     groups = list(report.groups)
     header = lead_header(report) + [COMPUTE_HEADERS[c] for c in report.compute.columns] + groups + [MEAN_COLUMN]
-    rows = []
+    rows, total, partial = [], report.scores.shape[1], False
     for row in report.scores.index:
         compute = [compute_cell(c, report.compute.at[row, c]) for c in report.compute.columns]
-        rows.append(lead_cells(report, row) + compute + value_cells(report, row, groups + [MEAN_COLUMN], wide,
-                                                                   deltas))
+        cells = value_cells(report, row, groups + [MEAN_COLUMN], wide, deltas)
+        present = int(report.scores.loc[row].notna().sum())
+        if 0 < present < total:  # the mean of a row that lacks benchmarks is not the others' mean: say so
+            cells[-1] += f" ({present} of {total})"
+            partial = True
+        rows.append(lead_cells(report, row) + compute + cells)
     numeric = [False] * len(lead_header(report)) + [True] * (len(header) - len(lead_header(report)))
     notes = ["A group's mean averages all of its benchmarks (— where a row lacks one); `mean` averages every "
              "benchmark a row has. Compute comes from the model card of the evaluated weights."]
+    if partial:
+        notes.append("(k of N) after a mean: the row has scores on only k of the N benchmarks, so its mean is "
+                     "partial and not comparable with a full one.")
     return DisplayTable("summary", "Summary", header, rows, [row_kind(report, r) for r in report.scores.index],
                         numeric, notes)
 

@@ -9,7 +9,8 @@ GROUP_ORDER = ["classification", "few-shot", "retrieval", "multilingual retrieva
                "multilingual retrieval (XTD10)", "multilingual retrieval (Flickr30k-200)", "zero-shot segmentation",
                "zero-shot segmentation (ClearCLIP protocol)", "zero-shot segmentation (NACLIP protocol)",
                "open-vocabulary segmentation", "linear segmentation", "compositionality (SugarCrepe)",
-               "compositionality (Winoground)"]
+               "compositionality (Winoground)", "DataComp: ImageNet", "DataComp: ImageNet dist. shifts",
+               "DataComp: VTAB", "DataComp: retrieval", "DataComp: others"]
 
 
 def suite_order() -> list[str]:

@@ -7,6 +7,9 @@ recall@k is the fraction of hits. Ranks count the candidates scored strictly hig
 tied ones listed earlier (a stable descending order), so rank < k and a hit at k differ only
 where exactly tied scores straddle the k-th place (repeated captions), which topk breaks in
 its own, kernel-dependent way.
+
+Version 2 adds mean_recall@k, the mean of image and text recall@k (DataComp's main retrieval metric); the
+other metrics are unchanged.
 """
 
 from __future__ import annotations
@@ -80,7 +83,8 @@ def outcomes(text_features: torch.Tensor, image_features: torch.Tensor, caption_
 
 
 def score(samples: Mapping[str, np.ndarray], params: Mapping) -> dict[str, float]:
-    """Return image and text retrieval recall@k for every k of the outcomes' recall_k, from the hits.
+    """Return image and text retrieval recall@k for every k of the outcomes' recall_k, from the hits, and their
+    mean (DataComp's mean_recall@k).
 
     Image retrieval: fraction of captions whose image is among the top k images. Text retrieval:
     fraction of images with at least one of their captions among the top k captions.
@@ -89,6 +93,8 @@ def score(samples: Mapping[str, np.ndarray], params: Mapping) -> dict[str, float
     for column, k in enumerate(np.asarray(samples["recall_k"]).tolist()):
         metrics[f"image_retrieval_recall@{k}"] = float(np.asarray(samples["image_hits"])[:, column].mean())
         metrics[f"text_retrieval_recall@{k}"] = float(np.asarray(samples["text_hits"])[:, column].mean())
+        metrics[f"mean_recall@{k}"] = (metrics[f"image_retrieval_recall@{k}"]
+                                       + metrics[f"text_retrieval_recall@{k}"]) / 2
     return metrics
 
 
@@ -111,6 +117,8 @@ def unit_statistics(samples: Mapping[str, np.ndarray], params: Mapping | None = 
         for c, k in enumerate(ks):
             metrics[f"image_retrieval_recall@{k}"] = ratio(sums[..., 2 + nk + c], sums[..., 1 + nk])
             metrics[f"text_retrieval_recall@{k}"] = ratio(sums[..., 1 + c], sums[..., 0])
+            metrics[f"mean_recall@{k}"] = (metrics[f"image_retrieval_recall@{k}"]
+                                           + metrics[f"text_retrieval_recall@{k}"]) / 2
         return metrics
 
     binary = {f"text_retrieval_recall@{k}": text_hits[:, c] > 0 for c, k in enumerate(ks)}
@@ -136,10 +144,10 @@ def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
 
 
 TASK = Task(
-    name="retrieval", version=1,
+    name="retrieval", version=2,
     params={"batch_size": integer(256, 1), "num_workers": integer(0, 0), "amp": boolean(False),
             "recall_k": int_list([1, 5, 10], 1), "chunk_size": integer(4096, 1)},
     splits=("eval",), formats=("karpathy", "coco_captions", "clip_benchmark"), data_kind="retrieval",
-    metrics=(Metric("image_retrieval_recall@{k}"), Metric("text_retrieval_recall@{k}")),
+    metrics=(Metric("image_retrieval_recall@{k}"), Metric("text_retrieval_recall@{k}"), Metric("mean_recall@{k}")),
     evaluate=evaluate, score=score, unit_statistics=unit_statistics,
     description="image-to-text and text-to-image recall@k")

@@ -4,6 +4,13 @@ Per-sample outcomes: per image its target, its top-5 predicted classes (one sort
 fewer columns when the dataset has fewer than 5 classes) and its argmax prediction. acc1 and
 acc5 are read off the top-5, mean per-class recall off the argmax, as CLIP_benchmark computes
 them; the two first choices differ only between exactly tied logits.
+
+DataComp's extra metrics, computed as its WILDS-based evaluators compute them:
+- with `group_column` (a column of the samples' metadata, e.g. the region of each image), `acc1_worst_group`
+  and `acc5_worst_group`: the lowest accuracy over the groups that have images (FMoW's acc_worst_region,
+  GeoDE's acc_wg, Dollar Street's acc_top5_wg); the outcomes then carry each image's `group`;
+- with `f1_macro`, the macro F1 of the argmax over the classes present in the targets (scikit-learn's
+  f1_score with labels = those classes; iWildCam's F1-macro_all).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import numpy as np
 import torch
 
 from silc_eval.core.contract import Metric, Outcome, Task
+from silc_eval.core.errors import UserError
 from silc_eval.core.params import boolean, integer, number
 from silc_eval.core.resampling import UnitStatistics, nanmean, ratio
 from silc_eval.features import encode_images
@@ -29,15 +37,90 @@ def mean_per_class_recall(predictions, targets) -> float:
     return float(np.mean([(predictions[targets == c] == c).mean() for c in np.unique(targets)]))
 
 
+def f1_macro(predictions, targets) -> float:
+    """Return the mean over classes present in targets of their F1 = 2 TP / (2 TP + FP + FN)."""
+    predictions, targets = np.asarray(predictions), np.asarray(targets)
+    scores = []
+    for c in np.unique(targets):
+        tp = np.sum((predictions == c) & (targets == c))
+        scores.append(2 * tp / (2 * tp + np.sum((predictions == c) & (targets != c)) + np.sum(targets == c) - tp))
+    return float(np.mean(scores))
+
+
+def worst_group(correct, groups) -> float:
+    """Return the lowest mean of correct over the groups that have samples."""
+    correct, groups = np.asarray(correct, dtype=np.float64), np.asarray(groups)
+    return float(min(correct[groups == g].mean() for g in np.unique(groups)))
+
+
 def score(samples: Mapping[str, np.ndarray], params: Mapping | None = None) -> dict[str, float]:
-    """Return acc1, acc5 (NaN with fewer than 5 classes) and mean_per_class_recall of the per-sample outcomes."""
+    """Return acc1, acc5 (NaN with fewer than 5 classes) and mean_per_class_recall of the per-sample outcomes, and
+    f1_macro (when params ask for it) and acc1/acc5_worst_group (when the outcomes carry groups)."""
     target, top = np.asarray(samples["target"]), np.asarray(samples["top5"])
     correct = top == target[:, None]
-    return {
+    five = int(samples["num_classes"]) >= TOP_K
+    metrics = {
         "acc1": float(correct[:, 0].mean()),
-        "acc5": float(correct[:, :TOP_K].any(axis=1).mean()) if int(samples["num_classes"]) >= TOP_K else math.nan,
+        "acc5": float(correct[:, :TOP_K].any(axis=1).mean()) if five else math.nan,
         "mean_per_class_recall": mean_per_class_recall(samples["prediction"], target),
     }
+    if params and params.get("f1_macro"):
+        metrics["f1_macro"] = f1_macro(samples["prediction"], target)
+    if "group" in samples:
+        metrics["acc1_worst_group"] = worst_group(correct[:, 0], samples["group"])
+        metrics["acc5_worst_group"] = worst_group(correct[:, :TOP_K].any(axis=1), samples["group"]) if five else math.nan
+    return metrics
+
+
+def _grouped_statistics(target, prediction, correct1, correct5, group, num_classes, f1: bool):
+    """Return (sparse per-image statistics, reduce) of f1_macro (TP, FN and FP per class) and of the worst-group
+    accuracies (count, correct@1, correct@5 per group), either or both; reduce maps summed statistics to them."""
+    from scipy import sparse
+
+    n, columns, data, blocks = len(target), [], [], {}
+
+    def block(name, width, cols, values):
+        start = sum(w for _, w in blocks.values())
+        blocks[name] = start, width
+        columns.append(start + cols)
+        data.append(values)
+
+    hit = prediction == target
+    if f1:
+        block("tp", num_classes, target, hit)
+        block("fn", num_classes, target, ~hit)
+        block("fp", num_classes, prediction, ~hit)
+    if group is not None:
+        groups = int(group.max()) + 1
+        block("count", groups, group, np.ones(n, bool))
+        block("correct1", groups, group, correct1)
+        block("correct5", groups, group, correct5)
+    width = sum(w for _, w in blocks.values())
+    rows = np.tile(np.arange(n), len(columns))
+    values = sparse.csr_matrix((np.concatenate(data).astype(np.float64), (rows, np.concatenate(columns))),
+                               shape=(n, width))
+
+    def part(sums, name):
+        start, w = blocks[name]
+        return sums[..., start:start + w]
+
+    def reduce(sums: np.ndarray) -> dict[str, np.ndarray]:
+        metrics = {}
+        if f1:
+            tp, fn, fp = part(sums, "tp"), part(sums, "fn"), part(sums, "fp")
+            present = (tp + fn) > 0
+            f1_c = np.where(present, 2 * tp / np.maximum(2 * tp + fp + fn, 1e-300), np.nan)
+            metrics["f1_macro"] = nanmean(f1_c)
+        if group is not None:
+            count = part(sums, "count")
+            for name, k in (("acc1_worst_group", "correct1"), ("acc5_worst_group", "correct5")):
+                rate = np.where(count > 0, part(sums, k) / np.maximum(count, 1e-300), np.inf)
+                metrics[name] = rate.min(axis=-1)
+            if num_classes < TOP_K:
+                metrics["acc5_worst_group"] = np.full(count.shape[:-1], math.nan)
+        return metrics
+
+    return values, reduce
 
 
 def unit_statistics(samples: Mapping[str, np.ndarray], params: Mapping | None = None) -> UnitStatistics:
@@ -62,7 +145,17 @@ def unit_statistics(samples: Mapping[str, np.ndarray], params: Mapping | None = 
                 "mean_per_class_recall": nanmean(ratio(sums[..., 3 + num_classes:], sums[..., 3:3 + num_classes]))}
 
     binary = {"acc1": correct1, **({"acc5": correct5} if num_classes >= TOP_K else {})}
-    return UnitStatistics(values, reduce, binary, seeds=1)
+    f1, group = bool(params and params.get("f1_macro")), samples.get("group")
+    if not f1 and group is None:
+        return UnitStatistics(values, reduce, binary, seeds=1)
+    extra, extra_reduce = _grouped_statistics(target, np.asarray(samples["prediction"]), correct1, correct5,
+                                              None if group is None else np.asarray(group), num_classes, f1)
+    split = values.shape[1]
+
+    def reduce_all(sums: np.ndarray) -> dict[str, np.ndarray]:
+        return {**reduce(sums[..., :split]), **extra_reduce(sums[..., split:])}
+
+    return UnitStatistics(sparse.hstack([values, extra]).tocsr(), reduce_all, binary, seeds=1)
 
 
 def outcomes(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, np.ndarray]:
@@ -87,14 +180,27 @@ def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
                                    amp=params["amp"], progress=progress, desc="classification images", split="eval")
     logits = params["logit_scale"] * image_features @ classifier
     samples = outcomes(logits, torch.as_tensor(dataset.targets))
-    return Outcome(score(samples), samples)
+    if params["group_column"] is not None:
+        metadata = np.asarray(dataset.metadata)
+        if params["group_column"] >= metadata.shape[1]:
+            raise UserError(f"group_column {params['group_column']} is beyond the {metadata.shape[1]} metadata fields "
+                            f"of the dataset; expected 0..{metadata.shape[1] - 1}")
+        groups = metadata[:, params["group_column"]]
+        if groups.min() < 0:
+            raise UserError(f"metadata column {params['group_column']} holds negative values; expected group indices")
+        samples["group"] = groups.astype(np.int32)
+    return Outcome(score(samples, params), samples)
 
 
 TASK = Task(
     name="zeroshot_classification", version=1,
     params={"batch_size": integer(256, 1), "num_workers": integer(0, 0), "amp": boolean(False),
-            "logit_scale": number(100.0, above=0.0, doc="scales the logits; argmax does not change")},
+            "logit_scale": number(100.0, above=0.0, doc="scales the logits; argmax does not change"),
+            "group_column": integer(None, 0, nullable=True,
+                                    doc="metadata column grouping the images for acc1/acc5_worst_group (DataComp)"),
+            "f1_macro": boolean(False, doc="also report macro F1 over the classes present (iWildCam in DataComp)")},
     splits=("eval",), formats=("imagefolder", "clip_benchmark", "wds"), data_kind="classification",
-    metrics=(Metric("acc1"), Metric("acc5"), Metric("mean_per_class_recall")),
+    metrics=(Metric("acc1"), Metric("acc5"), Metric("mean_per_class_recall"), Metric("f1_macro"),
+             Metric("acc1_worst_group"), Metric("acc5_worst_group")),
     evaluate=evaluate, score=score, unit_statistics=unit_statistics,
     description="zero-shot classification by template-ensembled class prompts")
