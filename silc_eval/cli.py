@@ -142,6 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     coco_object.add_argument("--out", type=Path, required=True,
                              help="destination folder, e.g. DATA_ROOT/coco_stuff164k/annotations/val2017")
     coco_object.add_argument("--split", default="val2017", help="COCO split (default: val2017)")
+    ade847 = prepare_sub.add_parser(
+        "ade847", help="ADE20K-full validation images and 16-bit label maps of the 847 classes (SAN / CAT-Seg layout)")
+    ade847.add_argument("--ade20k", type=Path, required=True,
+                        help="the ADE20K_2021_17_01 folder (images/ADE/validation/.../ADE_val_*.jpg and *_seg.png)")
+    ade847.add_argument("--out", type=Path, default=None,
+                        help="destination of images_detectron2/ and annotations_detectron2/ (default: --ade20k, "
+                             "i.e. DATA_ROOT/ADE20K_2021_17_01)")
+    pc459 = prepare_sub.add_parser(
+        "pc459", help="Pascal Context-459 16-bit label maps from trainval/<id>.mat (SAN / CAT-Seg layout)")
+    pc459.add_argument("--voc2010", type=Path, required=True,
+                       help="the VOCdevkit/VOC2010 folder holding trainval/<id>.mat (Pascal Context's trainval.tar.gz)")
+    pc459.add_argument("--split-file", type=Path, default=None,
+                       help="image ids to convert (default: VOC2010/ImageSets/SegmentationContext/val.txt)")
+    pc459.add_argument("--out", type=Path, default=None,
+                       help="destination folder (default: VOC2010/annotations_detectron2/pc459_val)")
 
     train = sub.add_parser("train", help="train a recipe into an open_clip local-dir checkpoint with a card")
     train.add_argument("--recipe", required=True, help="recipe name (model_zoo/recipes) or YAML path")
@@ -248,16 +263,39 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_data(args) -> int:
+def prepare_data(args) -> int:
+    """Run one `silc-eval data prepare` converter (silc_eval/producers/) and print what it wrote."""
     from silc_eval.core.io import check_writable_folder
 
-    if args.data_command == "prepare":  # the only prepare target so far: coco-object
+    progress = sys.stderr.isatty()
+    if args.prepare_command == "coco-object":
         from silc_eval.producers.coco_object import SUFFIX, prepare_coco_object
 
         check_writable_folder(args.out, "--out")
-        count = prepare_coco_object(args.coco, args.out, split=args.split, progress=sys.stderr.isatty())
+        count = prepare_coco_object(args.coco, args.out, split=args.split, progress=progress)
         print(f"wrote {count} COCO-Object label maps (*{SUFFIX}) to {args.out}")
-        return 0
+    elif args.prepare_command == "ade847":
+        from silc_eval.producers.ade847 import ANNOTATIONS, IMAGES, prepare_ade847
+
+        out = args.out if args.out is not None else args.ade20k
+        check_writable_folder(out, "--out")
+        count = prepare_ade847(args.ade20k, out, progress=progress)
+        print(f"wrote {count} ADE-847 validation images and label maps to {out / IMAGES} and {out / ANNOTATIONS}")
+    else:
+        from silc_eval.producers.pc459 import DEFAULT_OUT, prepare_pc459
+
+        out = args.out if args.out is not None else args.voc2010 / DEFAULT_OUT
+        check_writable_folder(out, "--out")
+        count = prepare_pc459(args.voc2010, out, split_file=args.split_file, progress=progress)
+        print(f"wrote {count} Pascal Context-459 label maps (*.tif) to {out}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from silc_eval.core.io import check_writable_folder
+
+    if args.data_command == "prepare":
+        return prepare_data(args)
     from silc_eval.producers.synthscenes import PARTS, SynthScenesConfig, default_workers, write_synthscenes
 
     parts = tuple(args.parts.split(",")) if args.parts else PARTS

@@ -176,3 +176,51 @@ def test_a_run_marks_the_mean_of_a_row_that_lacks_benchmarks(tmp_path, tiny_mode
     summary = (out / "leaderboard.md").read_text().split("## ")[1]
     rows = [line for line in summary.splitlines() if line.startswith("| other") or line.startswith("| tiny")]
     assert len(rows) == 2 and sum("(1 of 2)" in row for row in rows) == 1 and "is partial" in summary
+
+
+def test_group_means_and_average_on_hand_made_records_follow_aggregate_scores(tmp_path, monkeypatch, capsys):
+    # DataComp's aggregate_scores.py: ImageNet = ImageNet 1k; each group the plain mean of its sets; the average
+    # the mean over every set. Here over the 37 sets there are; a row lacking sets gets no group mean where it
+    # lacks one, and its overall mean is marked partial.
+    import json
+
+    import pandas as pd
+
+    from silc_eval.cli import main
+    from silc_eval.evaluate.records import RECORD_SCHEMA
+
+    monkeypatch.setenv("SILC_EVAL_ZOO", str(tmp_path / "zoo"))
+    (tmp_path / "zoo").mkdir()
+    suite = resolve_suite("datacomp38")
+    rng = np.random.default_rng(3)
+    values = {b.name: float(rng.uniform(0.05, 0.95)) for b in suite}
+    lacking = {"datacomp-svhn", "datacomp-mscoco"}
+    folder = tmp_path / "results"
+    for model in ("full", "partial"):
+        for b in suite:
+            if model == "partial" and b.name in lacking:
+                continue
+            record = {"schema": RECORD_SCHEMA,
+                      "model": {"name": model, "sha256": "0" * 64, "source": model, "architecture": "local-dir:x"},
+                      "benchmark": {"name": b.name, "task": b.task, "group": b.group, "main_metric": b.main_metric},
+                      "dataset": {"name": b.name, "fingerprint": "f" * 16, "size": 10, "declaration": {}},
+                      "protocol": {}, "metrics": {b.main_metric: values[b.name]},
+                      "provenance": {"silc_eval_version": "0.1.0", "git_commit": "abc", "wall_time_s": 1.0}}
+            path = folder / "records" / model / f"{b.name}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record))
+    assert main(["report", str(folder), "--format", "csv,md"]) == 0
+    capsys.readouterr()
+    groups = pd.read_csv(folder / "groups.csv", index_col="model")
+    for group, count in GROUPS.items():
+        members = [b.name for b in suite if b.group == group]
+        assert len(members) == count
+        assert groups.at["full", group] == pytest.approx(100 * np.mean([values[m] for m in members]), abs=1e-3)
+    assert groups.at["full", "DataComp: ImageNet"] == pytest.approx(100 * values["datacomp-imagenet1k"], abs=1e-3)
+    assert groups.at["full", "mean"] == pytest.approx(100 * np.mean(list(values.values())), abs=1e-3)
+    assert pd.isna(groups.at["partial", "DataComp: VTAB"]) and pd.isna(groups.at["partial", "DataComp: retrieval"])
+    assert groups.at["partial", "DataComp: others"] == groups.at["full", "DataComp: others"]
+    summary = (folder / "leaderboard.md").read_text().split("## ")[1]
+    partial_row = next(line for line in summary.splitlines() if line.startswith("| partial"))
+    full_row = next(line for line in summary.splitlines() if line.startswith("| full"))
+    assert partial_row.endswith("(35 of 37) |") and " of 37)" not in full_row

@@ -199,7 +199,8 @@ def test_published_rows_stand_beside_our_own(tmp_path, zoo, capsys):
 
 def test_shipped_published_numbers_cover_protocols_md():
     entries = {e.label: e for e in load_published()}
-    seg = sorted(p.stem for p in (Path(__file__).parents[1] / "benchmarks" / "definitions").glob("*-zeroshot-seg.yaml"))
+    seg = sorted(f"{stem}-zeroshot-seg" for stem in ("voc21", "pc60", "coco-object", "voc20", "cityscapes", "pc59",
+                                                     "ade20k", "coco-stuff171"))  # the SCLIP family's 8
     sclip = entries["SCLIP (OpenAI CLIP ViT-B/16)"]
     assert sorted(sclip.scores) == seg
     assert sclip.scores["voc21-zeroshot-seg"] == {"mIoU": 59.63}
@@ -208,7 +209,11 @@ def test_shipped_published_numbers_cover_protocols_md():
         assert sorted(entries[f"{method} (OpenAI CLIP ViT-B/16)"].scores) == seg
     assert entries["NACLIP (OpenAI CLIP ViT-B/16)"].scores["cityscapes-zeroshot-seg"] == {"mIoU": 35.5}
     assert entries["CAT-Seg (OpenAI CLIP ViT-B/16)"].scores["coco-stuff-to-ade150-openvocab"] == {"mIoU": 31.8}
-    assert entries["SILC (SILC (model size unstated))"].scores["voc20b-openvocab"] == {"mIoU": 82.5}
+    assert entries["SILC (SILC (model size unstated))"].scores["coco-stuff-to-voc20b-openvocab"] == {"mIoU": 82.5}
+    openvocab = sorted(p.stem for p in (Path(__file__).parents[1] / "benchmarks" / "definitions").glob(
+        "coco-stuff-to-*-openvocab.yaml"))
+    assert len(openvocab) == 6 and all(sorted(entries[label].scores) == openvocab for label in (
+        "CAT-Seg (OpenAI CLIP ViT-B/16)", "SILC (SILC (model size unstated))"))
     assert entries["OpenAI CLIP (ViT-L-14 (openai))"].scores["coco5k-retrieval"] == {
         "image_retrieval_recall@1": 36.51, "text_retrieval_recall@1": 56.34}
     assert entries["CLIP (ViT-B/16, YFCC15M, 25 epochs)"].scores == {"imagenet1k-zeroshot": {"acc1": 37.6}}

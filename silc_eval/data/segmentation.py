@@ -6,8 +6,10 @@ Samples come from a split file (one STEM per line, file order kept, as mmseg doe
 `ann_file`) or, without one, from every image below the folder, sorted by relative path
 (mmseg sorts by path too). Annotation PNGs are read as stored: an L-mode map gives its
 grey values and a P-mode (palette) map such as VOC's gives the palette index, never the
-colour. Items are the raw image and its label map at the original resolution; the
-segmentation tasks do their own resizing. See PROTOCOLS.md section 4.
+colour; 16-bit maps (TIFF or PNG, as SAN / CAT-Seg store ADE-847 and PC-459) give their values.
+A label set of more than 255 classes ignores 65535 instead of 255, which is then a class
+(core/labels.py). Items are the raw image and its label map at the original resolution; the
+segmentation tasks do their own resizing. See PROTOCOLS.md sections 4 and 5.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch.utils.data import Dataset
 
 from silc_eval.core.errors import UserError
 from silc_eval.core.fingerprint import fingerprint_files
-from silc_eval.core.labels import IGNORE_INDEX
+from silc_eval.core.labels import IGNORE_INDEX, ignore_index_for
 from silc_eval.core.paths import benchmarks_dir
 from silc_eval.core.schema import check_keys
 from silc_eval.data.metadata import is_packaged, load_names
@@ -71,6 +73,23 @@ def load_class_file(value: str, root: Path) -> list[list[str]]:
     if not classes:
         raise UserError(f"{path} is empty; expected one line of comma-separated names per class id")
     return classes
+
+
+def display_names(classes: list[list[str]], where: str = "the class file") -> list[str]:
+    """Return one distinct display name per class: its first name, or 'first (second)' where several classes share
+    a first name (ADE-847 has three 'bag' senses); a class without a second name keeps its first.
+
+    Raises UserError when two classes still share a display name.
+    """
+    firsts = [names[0] for names in classes]
+    shared = {name for name in firsts if firsts.count(name) > 1}
+    shown = [f"{names[0]} ({names[1]})" if names[0] in shared and len(names) > 1 else names[0] for names in classes]
+    repeated = sorted({name for name in shown if shown.count(name) > 1})
+    if repeated:
+        lines = [i + 1 for i, name in enumerate(shown) if name == repeated[0]]
+        raise UserError(f"{where}: lines {', '.join(map(str, lines))} would all be shown as class '{repeated[0]}'; "
+                        f"expected distinct first names, or distinct second names where the first is shared")
+    return shown
 
 
 def _positive_int(value: Any, what: str, where: str) -> int:
@@ -181,12 +200,12 @@ def _digest(*parts: str) -> str:
 class SegmentationDataset(Dataset):
     """Images with per-pixel class labels; item i is (uint8 image (3, H, W) RGB, int64 label (H, W), i).
 
-    Labels are in [0, num_classes) or ignore_index (255), with reduce_zero_label already
-    applied; a label map with other values, or of another size than its image, is a
-    UserError naming the file.
+    Labels are in [0, num_classes) or ignore_index (255; 65535 above 255 classes), with
+    reduce_zero_label already applied; a label map with other values, or of another size than
+    its image, is a UserError naming the file.
     """
 
-    ignore_index = IGNORE_INDEX
+    ignore_index = IGNORE_INDEX  # the default; each dataset sets its own from its class count
 
     def __init__(self, image_paths: list[Path], annotation_paths: list[Path], classes: list[list[str]],
                  templates: list[str], reduce_zero_label: bool = False, name: str = "segmentation",
@@ -194,12 +213,13 @@ class SegmentationDataset(Dataset):
         self.name = name
         self.image_paths, self.annotation_paths = list(image_paths), list(annotation_paths)
         self.classes = [list(names) for names in classes]
-        # display names: the first name of each line, except class 0 when the declaration names its
-        # background (SCLIP's VOC21 / COCO-Object line 0 lists stuff words, "sky" first)
-        self.class_names = [names[0] for names in self.classes]
+        # display names: the first name of each line (made distinct where first names repeat), except class 0
+        # when the declaration names its background (SCLIP's VOC21 / COCO-Object line 0 lists stuff words)
+        self.class_names = display_names(self.classes, f"dataset {name}")
         if background_name:
             self.class_names[0] = background_name
         self.num_classes = len(self.classes)
+        self.ignore_index = ignore_index_for(self.num_classes)
         self.templates = list(templates)
         self.reduce_zero_label = reduce_zero_label
         self.fingerprint = fingerprint
@@ -269,6 +289,7 @@ def segmentation_dataset(dataset: dict, root: Path, split: str = "eval",
     view = split_view(dataset, split)
     classes_file = resolve_class_file(view["classes"], root)
     classes = load_class_file(view["classes"], root)
+    display_names(classes, str(classes_file))  # a class file whose classes cannot be told apart is refused here
     if len(classes) != view["num_classes"]:
         raise UserError(f"class file {classes_file} has {len(classes)} lines but dataset {dataset['name']} "
                         f"declares num_classes: {view['num_classes']}; expected one line per class id")

@@ -33,6 +33,7 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from silc_eval.core import distributed
+from silc_eval.core.errors import UserError
 from silc_eval.core.labels import IGNORE_INDEX
 from silc_eval.core.params import Param, boolean, choice, int_list, integer, number
 from silc_eval.features import autocast_context
@@ -129,11 +130,16 @@ def cache_features(model, dataset, feature_fn: FeatureFn, feature_name: str, par
     cache is not used: every rank takes part in the gather of _compute_training_windows, so all ranks
     would first have to agree on a hit or a miss.
     """
+    if getattr(dataset, "ignore_index", IGNORE_INDEX) != IGNORE_INDEX:
+        raise UserError(f"dataset {getattr(dataset, 'name', '?')} has {dataset.num_classes} classes: a trained head's "
+                        f"training split needs at most {IGNORE_INDEX} (label {IGNORE_INDEX} is ignored in its loss); "
+                        f"train on a smaller label set, as the COCO-Stuff 171 -> ADE-847 transfer does")
     subset_seed = params["seeds"][0] if "seeds" in params else 0
     subset = subset_for_training(dataset, params.get("max_train_images"), subset_seed)
 
     def compute() -> dict[str, np.ndarray]:
-        cache = _compute_training_windows(model, subset, feature_fn, params, progress)
+        # the subset (a torch Subset when max_train_images cuts the dataset) has no num_classes of its own
+        cache = _compute_training_windows(model, subset, feature_fn, params, progress, dataset.num_classes)
         return {"features": cache.features.numpy(), "labels": cache.labels.numpy()}
 
     parts = None
@@ -147,7 +153,8 @@ def cache_features(model, dataset, feature_fn: FeatureFn, feature_name: str, par
     return WindowCache(torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["labels"]))
 
 
-def _compute_training_windows(model, dataset, feature_fn: FeatureFn, params: dict, progress: bool) -> WindowCache:
+def _compute_training_windows(model, dataset, feature_fn: FeatureFn, params: dict, progress: bool,
+                              num_classes: int) -> WindowCache:
     """Return the WindowCache of dataset's training windows, computed.
 
     Under torchrun every rank cuts all windows (cheap) but runs feature_fn only on its round-robin
@@ -156,7 +163,7 @@ def _compute_training_windows(model, dataset, feature_fn: FeatureFn, params: dic
     """
     mean, std = normalization_tensors(model)
     window, device = params["window"], model.device
-    label_dtype = torch.uint8 if dataset.num_classes < IGNORE_INDEX else torch.int16
+    label_dtype = torch.uint8 if num_classes < IGNORE_INDEX else torch.int16
     features, labels, pending = [], [], []
     flushed = [0]
 
