@@ -25,15 +25,16 @@ NOT_ACC1 = {"datacomp-caltech101": "mean_per_class_recall", "datacomp-fgvc-aircr
             "datacomp-flowers": "mean_per_class_recall", "datacomp-pets": "mean_per_class_recall",
             "datacomp-iwildcam": "f1_macro", "datacomp-fmow": "acc1_worst_group",
             "datacomp-dollar-street": "acc5_worst_group", "datacomp-geode": "acc1_worst_group",
-            "datacomp-flickr30k": "mean_recall@1", "datacomp-mscoco": "mean_recall@1"}
-# aggregate_scores.py's groups (WinoGAViL, its third retrieval set, has no task here yet).
+            "datacomp-flickr30k": "mean_recall@1", "datacomp-mscoco": "mean_recall@1",
+            "datacomp-winogavil": "jaccard_score_10-12"}
+# aggregate_scores.py's groups.
 GROUPS = {"DataComp: ImageNet": 1, "DataComp: ImageNet dist. shifts": 6, "DataComp: VTAB": 13,
-          "DataComp: retrieval": 2, "DataComp: others": 15}
+          "DataComp: retrieval": 3, "DataComp: others": 15}
 
 
 def test_the_suite_has_datacomps_main_metrics_and_groups():
     suite = resolve_suite("datacomp38")
-    assert len(suite) == 37 and len({b.name for b in suite}) == 37
+    assert len(suite) == 38 and len({b.name for b in suite}) == 38
     for benchmark in suite:
         assert benchmark.main_metric == NOT_ACC1.get(benchmark.name, "acc1"), benchmark.name
     counts = {}
@@ -167,7 +168,7 @@ def test_a_run_marks_the_mean_of_a_row_that_lacks_benchmarks(tmp_path, tiny_mode
     out = tmp_path / "out"
     assert main(["run", "--suite", "datacomp38", "--model", f"local-dir:{tiny_model_dir}", "--data-root", str(data),
                  "--output", str(out), "--no-progress"]) == 0
-    assert "skipping 35 of 37 benchmarks" in capsys.readouterr().err
+    assert "skipping 36 of 38 benchmarks" in capsys.readouterr().err
     assert " of 2)" not in (out / "leaderboard.md").read_text()  # both benchmarks ran: the row is complete
     assert sorted(p.stem for p in (out / "records").rglob("*.json")) == ["datacomp-fmow", "datacomp-geode"]
     other = build_tiny_model_dir(tmp_path / "other", seed=3)
@@ -180,7 +181,7 @@ def test_a_run_marks_the_mean_of_a_row_that_lacks_benchmarks(tmp_path, tiny_mode
 
 def test_group_means_and_average_on_hand_made_records_follow_aggregate_scores(tmp_path, monkeypatch, capsys):
     # DataComp's aggregate_scores.py: ImageNet = ImageNet 1k; each group the plain mean of its sets; the average
-    # the mean over every set. Here over the 37 sets there are; a row lacking sets gets no group mean where it
+    # the mean over every set; a row lacking sets gets no group mean where it
     # lacks one, and its overall mean is marked partial.
     import json
 
@@ -223,4 +224,96 @@ def test_group_means_and_average_on_hand_made_records_follow_aggregate_scores(tm
     summary = (folder / "leaderboard.md").read_text().split("## ")[1]
     partial_row = next(line for line in summary.splitlines() if line.startswith("| partial"))
     full_row = next(line for line in summary.splitlines() if line.startswith("| full"))
-    assert partial_row.endswith("(35 of 37) |") and " of 37)" not in full_row
+    assert partial_row.endswith("(36 of 38) |") and " of 38)" not in full_row
+
+
+def write_winogavil(root: Path, instances: int = 16, seed: int = 9) -> Path:
+    """Write winogavil_dataset.csv (candidates and associations as JSON lists, as the release) and images/*.png:
+    instances of 5, 6, 10 and 12 candidates drawn from a shared pool of named images."""
+    import csv
+    import json
+
+    rng = np.random.default_rng(seed)
+    names = [f"{w}{i}" for i, w in enumerate(["eagle", "ash", "teepee", "metal", "factory", "yak", "grass", "moon",
+                                              "island", "wing", "sleep", "night", "coat", "wood"])]
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for name in names:
+        _noisy_image(rng, rng.uniform(30, 225, size=3)).save(root / "images" / f"{name}.png")
+    with open(root / "winogavil_dataset.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["", "candidates", "cue", "associations", "num_associations", "num_candidates", "ID"])
+        for n in range(instances):
+            count = (5, 6, 10, 12)[n % 4]
+            candidates = list(rng.choice(names, size=count, replace=False))
+            associations = list(rng.choice(candidates, size=int(rng.integers(2, 5)), replace=False))
+            cue = ["Orange", "red", "apple", "Blue"][n % 4]
+            writer.writerow([n, json.dumps(candidates), cue, json.dumps(associations), len(associations), count, n])
+    return root
+
+
+def datacomp_wino_reference(model, dataset) -> dict[str, float]:
+    """DataComp's eval_utils/wino_eval.py written out: per instance the cue prompt against the candidates, the top
+    n_assoc by np.argsort, scikit-learn's jaccard_score; means over all, <= 6 and >= 10 candidates."""
+    import torch
+    from sklearn.metrics import jaccard_score
+
+    scores, groups = [], []
+    for images, cue, y_true in (dataset[i] for i in range(len(dataset))):
+        cue = cue.lower()
+        prompt = f"An {cue}" if cue[0] in "aeiou" else f"A {cue}"
+        with torch.no_grad():
+            image_features = model.model.encode_image(images, normalize=True)
+            text_features = model.model.encode_text(model.tokenizer([prompt]), normalize=True)
+        logits = (text_features @ image_features.T).squeeze(0).numpy()
+        y_true = y_true.numpy()
+        top = np.argsort(logits)[-int(y_true.sum()):]
+        scores.append(jaccard_score(y_true, np.isin(np.arange(len(images)), top)))
+        groups.append(len(images))
+    scores, groups = np.array(scores), np.array(groups)
+    return {"jaccard_score": scores.mean(), "jaccard_score_5-6": scores[groups <= 6].mean(),
+            "jaccard_score_10-12": scores[groups >= 10].mean()}
+
+
+def test_winogavil_matches_datacomps_procedure(tmp_path, tiny_model):
+    from silc_eval.data.winogavil import Associations
+    from silc_eval.tasks import association
+
+    dataset = Associations(write_winogavil(tmp_path / "winogavil"), tiny_model.preprocess)
+    assert len(dataset) == 16 and len(dataset.image_files) <= 14  # candidates shared between instances, read once
+    task = TASKS["association"]
+    outcome = task.evaluate(tiny_model, {"eval": dataset}, task.protocol({}, "t"), progress=False)
+    reference = datacomp_wino_reference(tiny_model, dataset)
+    for name, value in reference.items():
+        assert outcome.metrics[name] == pytest.approx(value, abs=1e-9), name
+    assert 0.0 < outcome.metrics["jaccard_score"] < 1.0
+    assert association.cue_prompt("Orange") == "An orange" and association.cue_prompt("red") == "A red"
+    stats = association.unit_statistics(outcome.samples)
+    reduced = stats.reduce(stats.sums(np.ones((1, stats.n_units))))
+    for name, value in outcome.metrics.items():
+        assert reduced[name][0, 0] == pytest.approx(value)
+
+
+def test_instance_jaccard_by_hand():
+    from silc_eval.tasks.association import instance_jaccard
+
+    associated = np.array([True, False, True, False, False])
+    assert instance_jaccard(np.array([0.9, 0.1, 0.8, 0.2, 0.3]), associated) == 1.0
+    assert instance_jaccard(np.array([0.9, 0.1, 0.2, 0.8, 0.3]), associated) == pytest.approx(1 / 3)
+    assert instance_jaccard(np.array([0.1, 0.9, 0.2, 0.8, 0.3]), associated) == 0.0
+
+
+def test_bad_winogavil_layouts_are_one_line(tmp_path):
+    from silc_eval.data.winogavil import Associations
+
+    with pytest.raises(UserError, match="expected winogavil_dataset.csv"):
+        Associations(tmp_path)
+    root = write_winogavil(tmp_path / "w")
+    next((root / "images").iterdir()).unlink()
+    with pytest.raises(UserError, match=r"1 WinoGAViL images are missing"):
+        Associations(root)
+    (root / "winogavil_dataset.csv").write_text('candidates,cue,associations\n"[""a"", ""b""]",x,"[""c""]"\n')
+    with pytest.raises(UserError, match="associations outside its candidates"):
+        Associations(root)
+    (root / "winogavil_dataset.csv").write_text('candidates,cue\n"[""a""]",x\n')
+    with pytest.raises(UserError, match="is not WinoGAViL's dataset file"):
+        Associations(root)

@@ -22,7 +22,7 @@ from silc_eval.registry import parse_benchmark
 from silc_eval.tasks import TASKS
 
 BENCHMARK_FILES = sorted((benchmarks_dir() / "definitions").glob("*.yaml"))
-KINDS = {"classification", "retrieval", "segmentation", "caption_selection"}
+KINDS = {"classification", "retrieval", "segmentation", "caption_selection", "association"}
 
 
 def same_metrics(a: dict, b: dict) -> bool:

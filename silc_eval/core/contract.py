@@ -10,7 +10,7 @@ silc_eval/tasks/__init__.py lists them):
 - splits: the dataset splits the evaluate flow must build and hand over (`eval`, and
   `train` for tasks that fit a probe or a head); a task never opens files;
 - formats: the dataset formats it can read, and data_kind: the kind of data it needs
-  (classification, retrieval, segmentation or caption_selection; a clip_benchmark declaration may hold either of
+  (classification, retrieval, segmentation, caption_selection or association; a clip_benchmark declaration may hold either of
   the first two);
 - metrics: Metric(pattern, direction), a pattern may hold one {placeholder} (`acc1_{k}shot_mean`,
   `IoU.{class}`); direction is higher / lower / none (a spread, no better side);

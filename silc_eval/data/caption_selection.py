@@ -42,6 +42,13 @@ class ImageFiles(Dataset):
         return (self.transform(image) if self.transform else image), 0
 
 
+def image_subset(files: Sequence[Path], fingerprint: str, indices: Sequence[int],
+                 transform: Callable | None) -> ImageFiles:
+    """Return files[indices] as an ImageFiles dataset whose fingerprint names the set's fingerprint and the indices."""
+    digest = hashlib.sha256(f"{fingerprint}\0{list(indices)}".encode()).hexdigest()[:16]
+    return ImageFiles([files[i] for i in indices], transform, digest)
+
+
 class CaptionSelection(Dataset):
     """Instances of images and captions to match; items are (images stacked (I, 3, H, W), [caption, ...]).
 
@@ -70,8 +77,7 @@ class CaptionSelection(Dataset):
 
     def image_dataset(self, indices: Sequence[int]) -> ImageFiles:
         """Return the image files at indices as a dataset whose fingerprint names this set and the indices."""
-        digest = hashlib.sha256(f"{self.fingerprint}\0{list(indices)}".encode()).hexdigest()[:16]
-        return ImageFiles([self.image_files[i] for i in indices], self.transform, digest)
+        return image_subset(self.image_files, self.fingerprint, indices, self.transform)
 
     def __len__(self) -> int:
         return len(self.instance_images)

@@ -2,7 +2,7 @@
 
 Each entry says, in one place, which keys a declaration of that format has (required and
 optional), how it is checked beyond its keys, which kind of data it holds (classification,
-retrieval, segmentation or caption selection), which splits it has, which paths (relative to the data root) a
+retrieval, segmentation, caption selection or association), which splits it has, which paths (relative to the data root) a
 split reads, and how a split is built into a torch Dataset. Splits are `eval` (what a
 benchmark scores) and `train` (what a probe or a head is fitted on, where declared).
 
@@ -23,6 +23,8 @@ from silc_eval.data.caption_selection import sugar_crepe_selection, winoground_s
 from silc_eval.data.coco_captions import coco_captions_retrieval
 from silc_eval.data.metadata import is_packaged, load_names
 from silc_eval.data.readers import ImageFolderClassification, KarpathyRetrieval
+from silc_eval.data.winogavil import ANNOTATION_FILE as WINOGAVIL_FILE
+from silc_eval.data.winogavil import Associations
 
 SOURCES = ("synthscenes", "data-root")
 SPLITS = ("eval", "train")
@@ -35,7 +37,7 @@ class DatasetFormat:
 
     required: frozenset[str]
     optional: frozenset[str]
-    kind: Callable[[dict], str]   # 'classification' | 'retrieval' | 'segmentation' | 'caption_selection'
+    kind: Callable[[dict], str]   # classification, retrieval, segmentation, caption_selection, association
     has_split: Callable[[dict, str], bool]
     paths: Callable[[dict, str], list[str]]           # relative to the data root, for one split
     build: Callable[[dict, Path, Callable | None, str], object]
@@ -165,6 +167,11 @@ FORMATS: dict[str, DatasetFormat] = {
         kind=lambda d: "caption_selection", has_split=_eval_only,
         paths=lambda d, split: [f"{d['root']}/examples.jsonl", f"{d['root']}/images"],
         build=lambda d, root, transform, split: winoground_selection(root / d["root"], transform)),
+    "winogavil": DatasetFormat(
+        required=frozenset({"root"}), optional=frozenset(),
+        kind=lambda d: "association", has_split=_eval_only,
+        paths=lambda d, split: [f"{d['root']}/{WINOGAVIL_FILE}", f"{d['root']}/images"],
+        build=lambda d, root, transform, split: Associations(root / d["root"], transform)),
     "mmseg": DatasetFormat(
         required=frozenset(segmentation.REQUIRED_KEYS), optional=frozenset(segmentation.OPTIONAL_KEYS),
         kind=lambda d: "segmentation", has_split=lambda d, split: split == "eval" or "train" in d,

@@ -7,7 +7,7 @@ import hashlib
 
 from torch.utils.data import Dataset
 
-PER_SAMPLE = ("targets", "captions", "instance_images", "metadata")  # per-sample lists the tasks read beside the items
+PER_SAMPLE = ("targets", "captions", "instance_images", "metadata", "cues", "associated")  # per-sample lists the tasks read beside the items
 
 
 class FirstSamples(Dataset):

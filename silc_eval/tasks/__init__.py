@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from silc_eval.core.contract import Task
 from silc_eval.tasks import (
+                             association,
                              caption_selection,
                              linear_probe,
                              linear_segmentation,
@@ -15,4 +16,4 @@ from silc_eval.tasks import (
 
 TASKS: dict[str, Task] = {module.TASK.name: module.TASK for module in (
     zeroshot_classification, retrieval, zeroshot_segmentation, openvocab_segmentation, linear_segmentation,
-    linear_probe, caption_selection)}
+    linear_probe, caption_selection, association)}
