@@ -1,6 +1,7 @@
 """big_vision .npz checkpoints (big_vision:ARCH:FILE.npz): a tiny SigLIP built by open_clip (timm image tower with a
 MAP head, no-causal-mask text tower) is written out in big_vision's parameter layout and read back through
-open_clip's load_big_vision_weights, giving identical features; bad specs get one line and exit code 2."""
+open_clip's load_big_vision_weights, giving identical features; its dense features are the timm trunk's own
+tokens read through its MAP head; bad specs get one line and exit code 2."""
 
 from __future__ import annotations
 
@@ -137,11 +138,62 @@ def test_a_big_vision_npz_loads_back_to_identical_features(big_vision_checkpoint
     assert torch.equal(model.tokenize(["A PHOTO, of the STAR!"]), model.tokenize(["a photo of the star"]))
 
 
-def test_dense_features_of_a_timm_tower_are_refused_in_one_line(big_vision_checkpoint):
+def test_timm_tower_patch_tokens_and_map_head_are_the_trunks_own(big_vision_checkpoint):
+    from silc_eval.models import dense
+
     path, _ = big_vision_checkpoint
     model = load_model(f"big_vision:{ARCH}:{path}")
-    with pytest.raises(UserError, match="dense features need an open_clip VisionTransformer"):
-        model.dense_features(torch.randn(1, 3, 32, 32), "vanilla")
+    visual = model.model.visual
+    trunk = visual.trunk
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = model.patch_tokens(images).reshape(2, 16, -1)
+        assert torch.allclose(tokens, trunk.forward_features(images), atol=1e-5)
+        per_token = dense.map_head_per_token(trunk.attn_pool, tokens)
+        alone = torch.stack([trunk.attn_pool(tokens[:, i:i + 1]) for i in range(16)], dim=1)  # one-token sequences
+        assert torch.allclose(per_token, alone, atol=1e-5)
+        vanilla = model.dense_features(images, "vanilla").reshape(2, 16, -1)
+        assert torch.allclose(vanilla, visual.head(per_token), atol=1e-5)
+
+
+def test_timm_last_block_pieces_compose_to_the_block(big_vision_checkpoint):
+    from silc_eval.models import dense
+
+    _, written = big_vision_checkpoint
+    trunk = written.visual.trunk
+    block = dense._timm_last_block(trunk, trunk.blocks[-1])
+    x = torch.randn(2, 16, 32)
+    with torch.no_grad():
+        q, k, v = (dense._heads(t, block.num_heads) for t in block.qkv(block.norm(x)))
+        attention = ((q @ k.transpose(-2, -1)) / q.shape[-1] ** 0.5).softmax(-1) @ v
+        rebuilt = block.residual(x, block.out(attention.transpose(1, 2).reshape(x.shape)))
+        assert torch.allclose(rebuilt, trunk.blocks[-1](x), atol=1e-5)
+    assert block.class_token is False  # SigLIP: no class token, so NACLIP's bias has no class row
+
+
+def test_every_variant_runs_off_the_training_grid_on_a_timm_tower(big_vision_checkpoint):
+    path, _ = big_vision_checkpoint
+    model = load_model(f"big_vision:{ARCH}:{path}")
+    images = torch.randn(1, 3, 48, 40)
+    outputs = {}
+    with torch.no_grad():
+        for variant in ("vanilla", "maskclip", "sclip", "clearclip", "naclip"):
+            outputs[variant] = model.dense_features(images, variant)
+            assert outputs[variant].shape == (1, 6, 5, 32) and torch.isfinite(outputs[variant]).all()
+    assert len({round(float(o.sum()), 4) for o in outputs.values()}) == 5  # five different readings
+
+
+def test_dense_benchmarks_run_on_a_big_vision_model(big_vision_checkpoint, tmp_path):
+    from silc_eval.cli import main
+
+    path, _ = big_vision_checkpoint
+    out = tmp_path / "out"
+    assert main(["run", "--model", f"big_vision:{ARCH}:{path}", "--benchmark", "synthscenes-zeroshot-seg-naclip",
+                 "--benchmark", "synthscenes-linear-seg", "--limit", "12", "--output", str(out),
+                 "--no-progress"]) == 0
+    records = {p.stem: json.loads(p.read_text()) for p in (out / "records").rglob("*.json")}
+    assert set(records) == {"synthscenes-zeroshot-seg-naclip", "synthscenes-linear-seg"}
+    assert all(0.0 <= r["metrics"]["mIoU"] <= 1.0 for r in records.values())
 
 
 @pytest.mark.parametrize("spec, expected", [

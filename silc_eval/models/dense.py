@@ -12,7 +12,11 @@ variants of the SCLIP family:
   std 5 patches), no residual, no FFN (NACLIP without PAMR).
 
 Every variant then applies the final LayerNorm and the image projection, so patch
-features live in the text embedding space. Positional embeddings are interpolated
+features live in the text embedding space. open_clip's timm image towers (its SigLIP
+architectures, hence `big_vision:` checkpoints) pool with an attention head (MAP) instead of a
+projection: each patch token is read through that head alone, the pool's value and output
+projections and its residual MLP (what the head gives when it attends to that one token),
+then open_clip's head, as the Hugging Face SigLIP path does. Positional embeddings are interpolated
 (bicubic, with the SCLIP reference code's scale factor (g + 0.1) / old) for any input size; pixels
 past the last whole patch are dropped by the patch convolution, as in the reference code (whole-image
 inference meets such sizes).
@@ -28,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from silc_eval.core.errors import UserError
-from silc_eval.models.vit import embed_patches
+from silc_eval.models.vit import embed_patches, interpolate_pos_embed
 
 VARIANTS = ("vanilla", "maskclip", "sclip", "clearclip", "naclip")
 NACLIP_STD = 5.0
@@ -42,6 +46,9 @@ def check_variant(variant: str) -> str:
 
 
 def _check_supported(visual) -> None:
+    if hasattr(visual, "trunk"):
+        _check_timm(visual)
+        return
     blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
     block = blocks[-1] if blocks else None
     if not isinstance(getattr(block, "attn", None), torch.nn.MultiheadAttention) or \
@@ -137,6 +144,8 @@ def dense_features(visual, images: torch.Tensor, variant: str = "vanilla") -> tu
     """
     check_variant(variant)
     _check_supported(visual)
+    if hasattr(visual, "trunk"):
+        return _timm_dense_features(visual, images, variant)
     x, grid = embed_patches(visual, images, sclip_scale=True)
     blocks = visual.transformer.resblocks
     x = _run_blocks(visual.transformer, blocks[:-1], x)
@@ -151,7 +160,84 @@ def patch_tokens(visual, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int,
     """Return (last-layer patch tokens after the final LayerNorm (B, gh, gw, D), grid), before the projection
     (the input of a linear segmentation probe)."""
     _check_supported(visual)
+    if hasattr(visual, "trunk"):
+        trunk = visual.trunk
+        x, grid = _timm_tokens(trunk, images)
+        x = trunk.norm(_run_blocks(trunk, trunk.blocks, x))
+        return x[:, trunk.num_prefix_tokens:].reshape(images.shape[0], grid[0], grid[1], -1), grid
     x, grid = embed_patches(visual, images, sclip_scale=True)
     x = _run_blocks(visual.transformer, visual.transformer.resblocks, x)
     tokens = visual.ln_post(x[:, 1:])
+    return tokens.reshape(images.shape[0], grid[0], grid[1], -1), grid
+
+
+# ----------------------------------------------------------------------------- timm towers (open_clip's TimmModel)
+
+def _check_timm(visual) -> None:
+    """Raise a UserError unless visual is a TimmModel around a plain timm ViT this module can read."""
+    trunk = visual.trunk
+    blocks = getattr(trunk, "blocks", None)
+    attn = getattr(blocks[-1], "attn", None) if blocks is not None and len(blocks) else None
+    plain = attn is not None and hasattr(attn, "qkv") and all(
+        isinstance(getattr(attn, name, torch.nn.Identity()), torch.nn.Identity) for name in ("q_norm", "k_norm", "norm"))
+    plain = plain and getattr(attn, "gate", None) is None and getattr(trunk, "pos_embed", None) is not None
+    pool = getattr(trunk, "global_pool", None)
+    if not plain or pool not in ("map", "token", "avg") or not isinstance(getattr(trunk, "fc_norm", None),
+                                                                          torch.nn.Identity):
+        raise UserError(f"dense features of a timm image tower need a plain timm VisionTransformer (fused qkv, no "
+                        f"q/k norm, fc_norm off) pooled by map, token or avg; this model's trunk is "
+                        f"{type(trunk).__name__} with global_pool {pool!r}")
+
+
+def _timm_tokens(trunk, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Return (tokens (B, prefix + gh*gw, D) after norm_pre, grid): patches of any grid, positions interpolated
+    with the SCLIP family's scale factor (vit.py) when the grid is not the training grid."""
+    patch = trunk.patch_embed
+    x = patch.proj(images.to(patch.proj.weight.dtype))
+    grid = tuple(x.shape[-2:])
+    x = patch.norm(x.flatten(2).transpose(1, 2))
+    prefix = trunk.num_prefix_tokens
+    embedded_prefix = 0 if getattr(trunk, "no_embed_class", False) else prefix
+    positions = trunk.pos_embed[0]
+    old = tuple(patch.grid_size)
+    positions = interpolate_pos_embed(positions, old, grid, class_token=False, sclip_scale=True) \
+        if embedded_prefix == 0 else torch.cat([positions[:embedded_prefix], interpolate_pos_embed(
+            positions[embedded_prefix:], old, grid, class_token=False, sclip_scale=True)])
+    tokens = [t.expand(x.shape[0], -1, -1) for t in (trunk.cls_token, getattr(trunk, "reg_token", None))
+              if t is not None]
+    if embedded_prefix:
+        x = torch.cat(tokens + [x], dim=1) + positions[None]
+    else:
+        x = torch.cat(tokens + [x + positions[None]], dim=1)
+    return trunk.norm_pre(x), grid
+
+
+def _timm_last_block(trunk, block) -> LastBlock:
+    attn = block.attn
+    return LastBlock(
+        run=block, norm=block.norm1,
+        qkv=lambda y: attn.qkv(y).chunk(3, dim=-1),
+        out=attn.proj,
+        residual=lambda x, out: (lambda h: h + block.ls2(block.mlp(block.norm2(h))))(x + block.ls1(out)),
+        num_heads=attn.num_heads, class_token=trunk.num_prefix_tokens > 0)
+
+
+def map_head_per_token(pool, tokens: torch.Tensor) -> torch.Tensor:
+    """Return each token (B, N, D) read through a timm attention-pool head (AttentionPoolLatent) alone: its value and
+    output projections and its residual MLP, what the head returns when it attends to that one token."""
+    dim = tokens.shape[-1]
+    values = F.linear(tokens, pool.kv.weight[dim:], None if pool.kv.bias is None else pool.kv.bias[dim:])
+    pooled = pool.proj(values)
+    return pooled + pool.mlp(pool.norm(pooled)) if pool.mlp is not None else pooled
+
+
+def _timm_dense_features(visual, images: torch.Tensor, variant: str) -> tuple[torch.Tensor, tuple[int, int]]:
+    trunk = visual.trunk
+    x, grid = _timm_tokens(trunk, images)
+    x = _run_blocks(trunk, trunk.blocks[:-1], x)
+    x = variant_last_block(_timm_last_block(trunk, trunk.blocks[-1]), x, variant, grid)
+    tokens = trunk.norm(x)[:, trunk.num_prefix_tokens:]
+    if trunk.global_pool == "map":
+        tokens = map_head_per_token(trunk.attn_pool, tokens)
+    tokens = visual.head(trunk.head(tokens))
     return tokens.reshape(images.shape[0], grid[0], grid[1], -1), grid
