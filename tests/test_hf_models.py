@@ -265,7 +265,6 @@ def test_sharded_weights_have_one_digest_that_changes_with_any_shard(tmp_path):
     ("no weights", r"has no weights; expected a transformers save_pretrained folder"),
     ("no processor", r"has no processor configuration; expected a transformers save_pretrained folder"),
     ("bert", r"holds a bert, not a dual encoder; expected a CLIP-style dual encoder"),
-    ("siglip2", r"SigLIP 2 NaFlex model .* does not load yet"),
     ("no config", r"has no config.json"),
 ])
 def test_bad_folders_get_one_line_and_exit_code_2(hf_folders, tmp_path, capsys, breakage, expected):

@@ -1,5 +1,5 @@
-"""Hugging Face `transformers` dual encoders (CLIPModel, SiglipModel) as VLModels, with each family's own
-preprocessing read from the folder's processor configuration.
+"""Hugging Face `transformers` dual encoders (CLIPModel, SiglipModel, Siglip2Model) as VLModels, with each family's
+own preprocessing read from the folder's processor configuration.
 
 A `hf:FOLDER` spec names a local `save_pretrained` folder: config.json, the weights (*.safetensors or
 pytorch_model.bin, sharded or not) and the processor's files (image processor and tokenizer). Nothing
@@ -13,13 +13,21 @@ What each family does, as its authors do it (and as it is recorded with every re
   no attention mask, as big_vision trains them (the text tower attends to the padding and pools the last
   position); the tokenizer's own normalisation applies (SigLIP's lower-casing and punctuation stripping,
   SigLIP 2's lower-casing in its Gemma tokenizer);
+- SigLIP 2 NaFlex (`siglip2` model type): its image processor resizes each image, aspect kept, to at most
+  max_num_patches patches and cuts it into patches, with the settings of the folder's preprocessor_config.json
+  (Siglip2Processor's call would impose its own defaults, 256 patches of 16 px, which the published checkpoints
+  share); the patches, the image's patch grid and its padding mask
+  travel packed in one tensor per image (NaFlexTransform) and go to get_image_features as the processor would
+  hand them; text as SigLIP;
 - logit scale (and SigLIP's bias) as trained, recorded for the record.
 
 Dense features (models/dense.py's five variants) go through the same last-block variants, with
 positions interpolated as models/vit.py does off the training grid: CLIP's patch
 tokens through post_layernorm and visual_projection; SigLIP has no projection but an attention-pooling
 head (MAP), so each patch token goes through the head's value and output projections and its residual
-MLP, MaskCLIP's reading of an attention pool (the head's query then only weighs tokens).
+MLP, MaskCLIP's reading of an attention pool (the head's query then only weighs tokens). NaFlex towers read
+each window as one image of its own patch grid: the window is cut into patches as the processor cuts them,
+and the tower resizes its positional embeddings to that grid itself (bilinear, its own rule).
 """
 
 from __future__ import annotations
@@ -42,8 +50,8 @@ from silc_eval.models import dense
 from silc_eval.models.vit import interpolate_pos_embed
 
 HF_PREFIX = "hf:"
-FAMILIES = {"clip": "hf-clip", "siglip": "hf-siglip"}  # config.json model_type -> family
-NOT_DUAL_ENCODERS_HINT = "a CLIP-style dual encoder (model_type clip or siglip)"
+FAMILIES = {"clip": "hf-clip", "siglip": "hf-siglip", "siglip2": "hf-siglip2"}  # config.json model_type -> family
+NOT_DUAL_ENCODERS_HINT = "a CLIP-style dual encoder (model_type clip, siglip or siglip2)"
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 
@@ -74,9 +82,6 @@ def inspect_hf_folder(folder: Path) -> HFFolder:
         model_type = json.loads(config_path.read_text()).get("model_type")
     except (OSError, ValueError, AttributeError) as exc:
         raise UserError(f"{config_path} could not be read as JSON ({exc}); {layout}") from None
-    if model_type == "siglip2":
-        raise UserError(f"{folder} is a SigLIP 2 NaFlex model (model_type siglip2), which silc-eval does not load "
-                        f"yet; expected {NOT_DUAL_ENCODERS_HINT} (SigLIP 2's fixed-resolution checkpoints are siglip)")
     if model_type not in FAMILIES:
         raise UserError(f"{folder} holds a {model_type or 'model without model_type'}, not a dual encoder; "
                         f"expected {NOT_DUAL_ENCODERS_HINT}")
@@ -138,7 +143,7 @@ def _resample_name(value: Any) -> Any:
 
 
 IMAGE_SETTINGS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale", "rescale_factor",
-                  "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+                  "do_normalize", "image_mean", "image_std", "do_convert_rgb", "max_num_patches", "patch_size")
 
 
 def text_settings(family: str, tokenizer, context_length: int) -> dict[str, Any]:
@@ -190,6 +195,35 @@ class ProcessorTransform:
         return f"HFImageProcessor({json.dumps(self.settings, sort_keys=True)})"
 
 
+class NaFlexTransform(ProcessorTransform):
+    """PIL image -> one packed tensor (1 + P, C*p*p) through a NaFlex image processor: row 0 holds the image's patch
+    grid (height, width), rows 1.. its P patches as the processor lays them out (padding after the image's own)."""
+
+    def __call__(self, image) -> torch.Tensor:
+        out = self.image_processor(images=image, return_tensors="pt")
+        patches, grid = out["pixel_values"][0], out["spatial_shapes"][0]
+        header = torch.zeros(1, patches.shape[1], dtype=patches.dtype)
+        header[0, :2] = grid.to(patches.dtype)
+        return torch.cat([header, patches])
+
+
+def unpack_naflex(packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return (pixel_values (B, P, C*p*p), pixel_attention_mask (B, P), spatial_shapes (B, 2)) of packed images."""
+    shapes = packed[:, 0, :2].round().long()
+    patches = packed[:, 1:]
+    mask = (torch.arange(patches.shape[1], device=packed.device)[None] < shapes.prod(dim=1)[:, None]).long()
+    return patches, mask, shapes
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """Return images (B, C, H, W) as NaFlex patches (B, gh*gw, p*p*C), row-major, channels last within a patch (the
+    layout of Siglip2ImageProcessor); pixels past the last whole patch are dropped."""
+    batch, channels, height, width = images.shape
+    gh, gw = height // patch, width // patch
+    x = images[:, :, :gh * patch, :gw * patch].reshape(batch, channels, gh, patch, gw, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(batch, gh * gw, patch * patch * channels)
+
+
 def _output_tensor(output) -> torch.Tensor:
     """Return get_*_features' result as a tensor (transformers 5 returns an output whose pooler_output it is)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
@@ -227,7 +261,8 @@ class HFModel:
         self.architecture = f"{type(model).__name__}:{Path(source[len(HF_PREFIX):]).name}"
         self.context_length = context_length
         self.preprocessing = preprocessing_of(family, processor, context_length)
-        self.preprocess = ProcessorTransform(processor.image_processor, self.preprocessing["image"])
+        transform = NaFlexTransform if family == "hf-siglip2" else ProcessorTransform
+        self.preprocess = transform(processor.image_processor, self.preprocessing["image"])
         self.class_token = family == "hf-clip"
 
     @property
@@ -266,8 +301,15 @@ class HFModel:
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """Return image embeddings (N, D) as get_image_features gives them, L2-normalised if asked."""
-        features = _output_tensor(self.model.get_image_features(pixel_values=images))
+        """Return image embeddings (N, D) as get_image_features gives them, L2-normalised if asked (NaFlex: images
+        packed by NaFlexTransform)."""
+        if self.family == "hf-siglip2":
+            patches, mask, shapes = unpack_naflex(images)
+            output = self.model.get_image_features(pixel_values=patches, pixel_attention_mask=mask,
+                                                   spatial_shapes=shapes)
+        else:
+            output = self.model.get_image_features(pixel_values=images)
+        features = _output_tensor(output)
         return F.normalize(features, dim=-1) if normalize else features
 
     @torch.no_grad()
@@ -284,6 +326,10 @@ class HFModel:
         """Return the tower's input tokens; off the training grid, positions interpolated as vit.py does (the SCLIP
         family's scale factor), not by transformers' own interpolate_pos_encoding (size=)."""
         embeddings = self.model.vision_model.embeddings
+        if self.family == "hf-siglip2":  # the tower resizes its positions to the window's grid itself
+            grid = self._grid(images)
+            shapes = torch.tensor([grid] * images.shape[0], device=images.device)
+            return embeddings(patchify(images, embeddings.patch_size), shapes)
         positions = embeddings.position_embedding.weight
         side = round((positions.shape[0] - self.class_token) ** 0.5)
         grid = self._grid(images)
