@@ -9,7 +9,7 @@ grey values and a P-mode (palette) map such as VOC's gives the palette index, ne
 colour; 16-bit maps (TIFF or PNG, as SAN / CAT-Seg store ADE-847 and PC-459) give their values.
 A label set of more than 255 classes ignores 65535 instead of 255, which is then a class
 (core/labels.py). Items are the raw image and its label map at the original resolution; the
-segmentation tasks do their own resizing. See PROTOCOLS.md sections 4 and 5.
+segmentation tasks do their own resizing. See benchmarks/PROTOCOLS.md sections 4.6 and 5.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The linear segmentation probe as a convex problem, solved to its optimum (PROTOCOLS.md section 6).
+"""The linear segmentation probe as a convex problem, solved to its optimum (benchmarks/PROTOCOLS.md section 6).
 
 The probe standardises each frozen patch-token dimension (mean and standard deviation over
 every training token: what BatchNorm's running statistics estimate) and maps it to class

@@ -4,7 +4,7 @@
   features (model.dense_features) compared by cosine with text embeddings;
 - slide_images: the sliding-window logits of raw images at their original size (windows.py);
 - SCLIP's zero-shot post-processing: logit scale, softmax over every name, max over a class's
-  names, the area and probability thresholds that make background (PROTOCOLS.md 4);
+  names, the area and probability thresholds that make background (benchmarks/PROTOCOLS.md section 4.3);
 - image_batches: a segmentation dataset in ordered batches of (image, label, index).
 Tasks slide over cached window features instead (window_features.py).
 """

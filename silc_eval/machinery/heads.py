@@ -1,4 +1,4 @@
-"""Trained segmentation heads on a frozen backbone (PROTOCOLS.md sections 5 and 6).
+"""Trained segmentation heads on a frozen backbone (benchmarks/PROTOCOLS.md sections 5 and 6).
 
 Shared by the open-vocabulary and the linear-probe tasks:
 

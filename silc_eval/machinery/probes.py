@@ -1,4 +1,4 @@
-"""Probes on frozen features (PROTOCOLS.md section 3): the pieces the linear_probe task assembles.
+"""Probes on frozen features (benchmarks/PROTOCOLS.md section 3): the pieces the linear_probe task assembles.
 
 - Sampling: a stratified validation carve of the training split and k-shot samples, both by
   seeded per-class permutations (numpy default_rng(seed), one permutation per class in class

@@ -1,4 +1,4 @@
-"""Prompt ensembling (PROTOCOLS.md section 1): the one way a name becomes a text embedding.
+"""Prompt ensembling (benchmarks/PROTOCOLS.md section 1): the one way a name becomes a text embedding.
 
 Every template is filled with the name, each prompt embedding is L2-normalised, the
 embeddings are averaged over templates and normalised again (CLIP_benchmark, open_clip).

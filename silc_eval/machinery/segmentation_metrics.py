@@ -1,4 +1,4 @@
-"""Semantic segmentation metrics exactly as mmseg's IoUMetric computes them (PROTOCOLS.md section 4).
+"""Semantic segmentation metrics exactly as mmseg's IoUMetric computes them (benchmarks/PROTOCOLS.md section 4.5).
 
 Per image, a confusion matrix over valid pixels (label != ignore_index) gives that image's
 per-class intersection, union, predicted and labelled pixel counts; those per-image counts

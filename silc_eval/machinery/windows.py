@@ -1,4 +1,4 @@
-"""Sliding-window dense inference shared by the segmentation tasks (mmseg's `slide` mode, PROTOCOLS.md 4).
+"""Sliding-window dense inference shared by the segmentation tasks (mmseg's `slide` mode, benchmarks/PROTOCOLS.md 4.1).
 
 An image is resized so its short side is S (aspect kept, as mmseg's keep-ratio Resize with
 scale (2048, S)), cut into windows of W with stride T (no padding: the last window is

@@ -1,4 +1,4 @@
-"""Dense (per-patch) image-text features from any open_clip VisionTransformer (PROTOCOLS.md section 4).
+"""Dense (per-patch) image-text features from any open_clip VisionTransformer (benchmarks/PROTOCOLS.md section 4.2).
 
 The first L-1 blocks run unchanged; the last block is replaced by one of the training-free
 variants of the SCLIP family:

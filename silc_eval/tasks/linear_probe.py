@@ -1,4 +1,4 @@
-"""Linear probes and few-shot classification on frozen image features (PROTOCOLS.md section 3).
+"""Linear probes and few-shot classification on frozen image features (benchmarks/PROTOCOLS.md section 3).
 
 protocol `logistic` (CLIP_benchmark): per seed, a validation split is carved from TRAIN
 (stratified, `val_proportion`); the weight decay is searched on it (coarse-then-refine);

@@ -1,4 +1,4 @@
-"""Linear-probe semantic segmentation on a frozen backbone (DINOv2-style, PROTOCOLS.md section 6).
+"""Linear-probe semantic segmentation on a frozen backbone (DINOv2-style, benchmarks/PROTOCOLS.md 6).
 
 Last-layer patch tokens (after the final LayerNorm, before the projection) of every
 training window are cached once. The probe standardises them (training-token mean and

@@ -1,4 +1,4 @@
-"""Open-vocabulary segmentation with a light trained decoder (ZegCLIP-style seen/unseen, PROTOCOLS.md 5).
+"""Open-vocabulary segmentation with a light trained decoder (ZegCLIP-style seen/unseen, benchmarks/PROTOCOLS.md 5).
 
 Frozen projected patch embeddings (a dense variant, default vanilla) of the training
 windows are cached once; a small residual decoder (MLP blocks or one transformer layer)

@@ -1,4 +1,4 @@
-"""Image-text retrieval recall@k (PROTOCOLS.md section 2, CLIP_benchmark conventions).
+"""Image-text retrieval recall@k (benchmarks/PROTOCOLS.md section 2, CLIP_benchmark conventions).
 
 Per-sample outcomes: per caption the rank of its image among all images (0 = first), per image
 the best rank of its own captions among all captions, and for every k of the protocol whether

@@ -1,4 +1,4 @@
-"""Zero-shot classification with template ensembling (PROTOCOLS.md section 1, CLIP_benchmark conventions).
+"""Zero-shot classification with template ensembling (benchmarks/PROTOCOLS.md section 1, CLIP_benchmark conventions).
 
 Per-sample outcomes: per image its target, its top-5 predicted classes (one sorted torch.topk,
 fewer columns when the dataset has fewer than 5 classes) and its argmax prediction. acc1 and

@@ -1,4 +1,4 @@
-"""Training-free zero-shot semantic segmentation (the SCLIP / ClearCLIP / NACLIP protocol, PROTOCOLS.md 4).
+"""Training-free zero-shot semantic segmentation (SCLIP / ClearCLIP / NACLIP, benchmarks/PROTOCOLS.md 4, 10).
 
 Dense patch features of a chosen last-block variant are compared with template-ensembled
 text embeddings of every class name (synonyms and background words are extra queries);

@@ -4,7 +4,7 @@ zoo's scale).
 - the EMA momentum from a horizon: an EMA with per-step momentum m has a time constant of
   1 / (1 - m) steps (a student state that many steps old weighs 1/e of the newest). A horizon of
   H images at batch B is H / B steps, so m = 1 - B / H. DINO's 0.996 at batch 1024 is a horizon of
-  256k images; its 0.9995 at batch 256 one of 512k (PROTOCOLS.md section 7);
+  256k images; its 0.9995 at batch 256 one of 512k (benchmarks/PROTOCOLS.md section 7);
 - the teacher's target entropies, per sample and of the batch-mean target, in nats, with the two
   failure modes DINO names: uniform targets (per-sample entropy near ln K: nothing to distil) and
   a collapse onto few prototypes (batch-mean entropy near 0);

@@ -12,7 +12,7 @@ class EmaTeacher(nn.Module):
     """Frozen copies of student modules, moved towards the student after every optimiser step.
 
     The momentum is fixed: SILC found that a schedule converging to 1 stops the teacher
-    from taking up the image-text signal (PROTOCOLS.md section 7).
+    from taking up the image-text signal (benchmarks/PROTOCOLS.md section 7).
     """
 
     def __init__(self, modules: dict[str, nn.Module], momentum: float):

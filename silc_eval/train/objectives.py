@@ -263,7 +263,7 @@ class SelfDistillationMixin:
 
 
 class SilcObjective(SelfDistillationMixin, ContrastiveObjective):
-    """SILC: image-text loss on every global view + local-to-global self-distillation (PROTOCOLS.md 7)."""
+    """SILC: image-text loss on every global view + local-to-global self-distillation (benchmarks/PROTOCOLS.md 7)."""
 
     name = "silc"
 

@@ -1,4 +1,4 @@
-"""SF-CLIP: contrastive pretraining plus masked distillation from frozen unimodal teachers (PROTOCOLS.md 8).
+"""SF-CLIP: contrastive pretraining plus masked distillation from frozen unimodal teachers (benchmarks/PROTOCOLS.md 8).
 
 What the abstract states, and what is implemented as stated: an image-text contrastive
 loss; masked knowledge distillation from a frozen vision teacher (per patch) and a frozen

@@ -1,4 +1,4 @@
-"""Frozen unimodal teachers for SF-CLIP-style masked knowledge distillation (PROTOCOLS.md section 8).
+"""Frozen unimodal teachers for SF-CLIP-style masked knowledge distillation (benchmarks/PROTOCOLS.md section 8).
 
 A vision teacher gives per-patch features, a text teacher per-word features; the student
 regresses them at masked positions (heads and masking live elsewhere). Teachers are read
