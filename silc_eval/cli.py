@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     lister = sub.add_parser("list", help="list benchmarks, suites or models")
     lister.add_argument("what", choices=["benchmarks", "suites", "models", "recipes"])
+    lister.add_argument("--model", action="append", default=[],
+                        help="with `models`: describe this model spec (as `run --model` takes it) instead of the zoo: "
+                             "family, architecture, sha256 and the preprocessing it records (repeatable)")
 
     data = sub.add_parser("data", help="write datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=OneLineParser)
@@ -246,6 +249,19 @@ def cmd_list(args) -> int:
 
         for s in load_suites(on_error=lambda exc: warn(f"{exc} (left out)")).values():
             print(f"{s.name:<16s} {', '.join(s.benchmarks)}")
+    elif args.what == "models" and args.model:
+        import json
+
+        from silc_eval.evaluate.records import model_entry
+        from silc_eval.models import load_model
+
+        for spec in args.model:
+            entry = model_entry(load_model(spec))
+            print(f"{entry['name']:<28s} family={entry['family']} architecture={entry['architecture']} "
+                  f"sha256={entry['sha256'][:12]}")
+            if "preprocessing" in entry:
+                print(f"  preprocessing {json.dumps(entry['preprocessing'], sort_keys=True)}")
+                print(f"  logit_scale {json.dumps(entry['logit_scale'], sort_keys=True)}")
     elif args.what == "models":
         from silc_eval.models.zoo import list_zoo
 

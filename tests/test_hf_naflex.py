@@ -117,3 +117,13 @@ def test_global_and_dense_benchmarks_run_on_a_naflex_folder(naflex, tmp_path):
     records = {p.stem: json.loads(p.read_text()) for p in (out / "records").rglob("*.json")}
     assert set(records) == {"synthscenes-zeroshot", "synthscenes-zeroshot-seg-sclip"}
     assert records["synthscenes-zeroshot"]["model"]["family"] == "hf-siglip2"
+
+
+def test_list_models_names_each_specs_family(naflex, capsys):
+    from silc_eval.cli import main
+
+    assert main(["list", "models", "--model", f"hf:{naflex}"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("siglip2 ") and "family=hf-siglip2" in out[0] and "architecture=Siglip2Model:siglip2" in \
+        out[0]
+    assert out[1].startswith("  preprocessing ") and '"max_num_patches": 16' in out[1]
