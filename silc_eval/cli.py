@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-root", type=Path, default=None, help="folder holding real datasets")
     run.add_argument("--synthscenes-root", type=Path, default=None,
                      help="folder holding synthscenes/ (default: generated once into the cache)")
+    run.add_argument("--synthscenes-seed", type=int, default=None,
+                     help="evaluate the SynthScenes benchmarks on the world of this seed: same classes and vocabulary, "
+                          "other scenes (a validation world for tuning recipes; the benchmarks' own is seed 0)")
     run.add_argument("--output", type=Path, default=Path("runs/latest"), help="output folder (default: runs/latest)")
     run.add_argument("--device", default="cpu",
                      help="cpu or cuda[:N] (default: cpu; under torchrun, cuda is each rank's local GPU)")
@@ -196,7 +199,7 @@ def cmd_run(args) -> int:
     with distributed.session(args.device) as device, switched_off(args.no_feature_cache):
         main = distributed.is_main()
         run(RunConfig(benchmarks=benchmarks, models=args.model, output=args.output, data_root=args.data_root,
-                      synthscenes_root=args.synthscenes_root, device=device,
+                      synthscenes_root=args.synthscenes_root, synthscenes_seed=args.synthscenes_seed, device=device,
                       progress=not args.no_progress and main, force=args.force,
                       limit=args.limit))
     if not main:

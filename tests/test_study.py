@@ -156,3 +156,33 @@ def test_stacked_seeds_average_the_seeds_and_resample_them():
     wide = rs.bootstrap_interval(stacked, "acc")
     narrow = rs.bootstrap_interval(stats[0], "acc")
     assert wide.high - wide.low > narrow.high - narrow.low  # the seeds' spread widens the interval
+
+
+def test_a_validation_world_is_declared_checked_and_reported(tmp_path, study_file):
+    from silc_eval.report.study_report import render_markdown
+
+    data = yaml.safe_load(study_file.read_text())
+    path = tmp_path / "validation.yaml"
+    path.write_text(yaml.safe_dump({**data, "synthscenes_seed": 1}))
+    assert load_study(path).synthscenes_seed == 1 and load_study(study_file).synthscenes_seed is None
+    for bad in (0, -1, "one", True):
+        path.write_text(yaml.safe_dump({**data, "synthscenes_seed": bad}))
+        with pytest.raises(UserError, match="synthscenes_seed"):
+            load_study(path)
+    plan = {"name": "tuning", "description": "", "runs": [], "synthscenes_seed": 1}
+    assert "SynthScenes world of seed 1" in render_markdown(plan, [], [], 1000, 0.95)
+    assert "Validation world" not in render_markdown({**plan, "synthscenes_seed": None}, [], [], 1000, 0.95)
+
+
+def test_run_scores_the_validation_world_not_the_benchmarks_own(tmp_path, tiny_model_dir):
+    out = {seed: tmp_path / f"out{seed}" for seed in (0, 1)}
+    for seed, folder in out.items():
+        args = ["run", "--benchmark", "synthscenes-zeroshot", "--model", f"local-dir:{tiny_model_dir}", "--limit",
+                "40", "--output", str(folder), "--no-progress"] + (["--synthscenes-seed", "1"] if seed else [])
+        assert main(args) == 0
+    records = {seed: next((folder / "records").rglob("*.json")) for seed, folder in out.items()}
+    prints = {seed: json.loads(path.read_text())["dataset"]["fingerprint"] for seed, path in records.items()}
+    assert prints[0] != prints[1]  # other scenes: another dataset
+    samples = {seed: read_samples(path, json.loads(path.read_text())) for seed, path in records.items()}
+    assert not np.array_equal(samples[0]["target"], samples[1]["target"]) or \
+        not np.array_equal(samples[0]["top5"], samples[1]["top5"])

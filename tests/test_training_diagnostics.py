@@ -45,6 +45,12 @@ def test_a_recipe_horizon_sets_the_teacher_momentum_and_conflicts_are_user_error
     assert objective.card_info()["ema_momentum"] == pytest.approx(1 - 4 / 64)
     with pytest.raises(UserError, match="not both"):
         build_objective({**SILC, "distill": {**SILC["distill"], "ema_horizon_images": 64}}, 32, batch_size=4)
+    # a study's `ema_momentum: null` beside a horizon (overriding a recipe that sets the momentum) is the horizon
+    nulled = build_objective({**SILC, "distill": {**SILC["distill"], "ema_momentum": None, "ema_horizon_images": 64}},
+                             32, batch_size=4)
+    assert nulled.card_info()["ema_momentum"] == pytest.approx(1 - 4 / 64)
+    with pytest.raises(UserError, match="ema_momentum must be a number"):
+        build_objective({**SILC, "distill": {**SILC["distill"], "ema_momentum": None}}, 32, batch_size=4)
     with pytest.raises(UserError, match="needs the batch size"):
         build_objective(section, 32)
     with pytest.raises(UserError, match="start_step must be 0"):

@@ -35,13 +35,16 @@ class Evaluation:
         return {split: {"size": size} for split, size in self.sizes.items()}
 
 
-def dataset_root(dataset: dict, data_root: Path | None, synthscenes_root: Path | None) -> Path:
+def dataset_root(dataset: dict, data_root: Path | None, synthscenes_root: Path | None,
+                 synthscenes_seed: int | None = None) -> Path:
     """Return the folder a declaration's relative paths are resolved against (every split it declares),
-    generating the SynthScenes parts it needs first."""
+    generating the SynthScenes parts it needs first (from synthscenes_seed: another world of the same classes and
+    vocabulary, other scenes; None is the default world, seed 0)."""
     if dataset["source"] == "synthscenes":
-        from silc_eval.producers.synthscenes import ensure_synthscenes
+        from silc_eval.producers.synthscenes import SynthScenesConfig, ensure_synthscenes
 
-        return ensure_synthscenes(synthscenes_root, parts=synthscenes_parts(dataset))
+        config = SynthScenesConfig() if synthscenes_seed is None else SynthScenesConfig(seed=synthscenes_seed)
+        return ensure_synthscenes(synthscenes_root, parts=synthscenes_parts(dataset), config=config)
     if data_root is None:
         raise UserError(f"dataset {dataset['name']} reads real data: pass --data-root DIR with "
                         f"{', '.join(split_paths(dataset))} under it")

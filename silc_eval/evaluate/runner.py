@@ -31,6 +31,7 @@ class RunConfig:
     output: Path = Path("runs/latest")
     data_root: Path | None = None
     synthscenes_root: Path | None = None
+    synthscenes_seed: int | None = None  # a validation world for tuning (the benchmarks' own is seed 0)
     device: str = "cpu"
     progress: bool = True
     force: bool = False  # recompute records whose inputs are unchanged (see plan_resume)
@@ -107,7 +108,8 @@ def run(config: RunConfig) -> list[dict]:
             f"rank 0 on {config.device}); rank 0 writes the results")
     benchmarks = runnable_benchmarks(config.benchmarks, config.data_root)
     with distributed.main_first():  # under torchrun rank 0 generates SynthScenes, the others then find it
-        roots = {b.name: dataset_root(b.dataset, config.data_root, config.synthscenes_root) for b in benchmarks}
+        roots = {b.name: dataset_root(b.dataset, config.data_root, config.synthscenes_root,
+                                          config.synthscenes_seed) for b in benchmarks}
     plan = resume_plan(config, model_specs, benchmarks, roots)
     if config.limit is not None:
         log(f"silc-eval: smoke run on the first {config.limit} samples of every split (--limit): its records say "

@@ -147,6 +147,10 @@ def render_markdown(plan: dict[str, Any], rows: list[dict[str, Any]], difference
     lines = [f"# Study: {plan['name']}", ""]
     if plan.get("description"):
         lines += [plan["description"], ""]
+    if plan.get("synthscenes_seed") is not None:
+        lines += [f"**Validation world:** every benchmark was scored on the SynthScenes world of seed "
+                  f"{plan['synthscenes_seed']} (the same classes and vocabulary, other scenes), not on the benchmarks' "
+                  f"own world (seed 0): these numbers may choose a recipe without touching its test data.", ""]
     lines += [f"Each cell: the mean over seeds of the main metric (%), and its {100 * level:g}% percentile-bootstrap "
               f"interval over images and seeds ({resamples:,} resamples; a trained head's own seeds count as seeds "
               f"too), at equal images seen. Seeds per cell in brackets when fewer than planned.", ""]

@@ -163,10 +163,13 @@ class SelfDistillationMixin:
         if unknown:
             raise UserError(f"unknown distill parameter '{sorted(unknown)[0]}'; allowed: "
                             f"{', '.join(DISTILL_DEFAULTS)}")
-        if distill.get("ema_horizon_images") is not None and "ema_momentum" in distill:
+        if distill.get("ema_horizon_images") is not None and distill.get("ema_momentum") is not None:
             raise UserError("distill: give ema_momentum or ema_horizon_images, not both")
         self.distill = {**DISTILL_DEFAULTS, **distill}
         d = self.distill
+        if d["ema_horizon_images"] is None and not isinstance(d["ema_momentum"], (int, float)):
+            raise UserError(f"distill: ema_momentum must be a number (or give ema_horizon_images), not "
+                            f"{d['ema_momentum']!r}")
         if d["ema_horizon_images"] is not None:
             if batch_size is None:
                 raise UserError("distill: ema_horizon_images needs the batch size (optim.batch_size)")

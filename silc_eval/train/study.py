@@ -13,6 +13,7 @@ The study file (YAML):
       clip: {recipe: clip}
       silc-horizon: {recipe: silc, set: {objective: {distill: {ema_horizon_images: 2048}}}}
       siglip: {recipe: siglip, budgets: [5120, 10240, 17920]}   # a recipe's own budgets (e.g. to match FLOPs)
+    synthscenes_seed: 1              # evaluate on a validation world (optional; tuning never sees seed 0's scenes)
 
 Every run (recipe label x budget x seed) gets a recipe file written under OUTPUT/recipes (the
 named recipe with the study's and the run's `set` merged in, its seed and steps, no evaluation
@@ -45,7 +46,8 @@ from silc_eval.registry import resolve_benchmarks, resolve_suite
 from silc_eval.train.recipe import available_recipes, load_recipe, recipes_dir
 
 PLAN_FILE = "study.json"
-STUDY_KEYS = {"name", "description", "suite", "benchmarks", "seeds", "budgets", "set", "recipes", "compare"}
+STUDY_KEYS = {"name", "description", "suite", "benchmarks", "seeds", "budgets", "set", "recipes", "compare",
+              "synthscenes_seed"}
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Study:
     suite: str | None
     runs: tuple[StudyRun, ...]
     compare: tuple[tuple[str, str], ...] = ()
+    synthscenes_seed: int | None = None  # evaluate on this SynthScenes world (a validation world), not seed 0
 
 
 def merged(base: dict, changes: dict) -> dict:
@@ -131,9 +134,13 @@ def load_study(path: Path) -> Study:
     if not isinstance(compare, list) or not all(
             isinstance(p, list) and len(p) == 2 and all(str(x) in recipes for x in p) for p in compare):
         raise UserError(f"{path}: 'compare' must list pairs of recipe labels [a, b] among {', '.join(recipes)}")
+    world = data.get("synthscenes_seed")
+    if world is not None and (not isinstance(world, int) or isinstance(world, bool) or world < 1):
+        raise UserError(f"{path}: 'synthscenes_seed' must be a whole number >= 1 (a validation world; the "
+                        f"benchmarks' own world is seed 0), got {world!r}")
     return Study(str(data["name"]), " ".join(str(data.get("description") or "").split()),
                  tuple(b.name for b in benchmarks), data.get("suite"), tuple(runs),
-                 tuple((str(a), str(b)) for a, b in compare))
+                 tuple((str(a), str(b)) for a, b in compare), world)
 
 
 def run_recipe(run: StudyRun, folder: Path) -> dict[str, Any]:
@@ -156,7 +163,7 @@ def run_recipe(run: StudyRun, folder: Path) -> dict[str, Any]:
 def write_plan(study: Study, output: Path) -> None:
     """Write OUTPUT/study.json: the study's name, benchmarks and every run's model, label, budget and seed."""
     plan = {"name": study.name, "description": study.description, "benchmarks": list(study.benchmarks),
-            "compare": [list(pair) for pair in study.compare],
+            "compare": [list(pair) for pair in study.compare], "synthscenes_seed": study.synthscenes_seed,
             "runs": [{"model": r.model_name, "label": r.label, "recipe": r.recipe, "budget_images": r.budget,
                       "seed": r.seed, "set": r.changes} for r in study.runs]}
     atomic_write_text(output / PLAN_FILE, json.dumps(plan, indent=1) + "\n")
@@ -191,7 +198,8 @@ def run_study(study_file: Path, output: Path, device: str = "cpu", progress: boo
         done = [r for r in study.runs if (output / "models" / r.model_name / CARD_FILE).is_file()]
         run(RunConfig(benchmarks=resolve_benchmarks(list(study.benchmarks)),
                       models=[f"local-dir:{output / 'models' / r.model_name}" for r in done],
-                      output=output / "results", data_root=None, synthscenes_root=None, device=device,
+                      output=output / "results", data_root=None, synthscenes_root=None,
+                      synthscenes_seed=study.synthscenes_seed, device=device,
                       progress=progress, force=False))
         report = write_study_report(output)
     return report
