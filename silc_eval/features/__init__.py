@@ -5,7 +5,9 @@ from silc_eval.features.encode import (
                                       autocast_context,
                                       compute_image_features,
                                       encode_images,
+                                      encode_instance_images,
                                       encode_texts,
 )
 
-__all__ = ["OrderedLoader", "autocast_context", "compute_image_features", "encode_images", "encode_texts"]
+__all__ = ["OrderedLoader", "autocast_context", "compute_image_features", "encode_images", "encode_instance_images",
+           "encode_texts"]

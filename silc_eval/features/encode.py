@@ -91,6 +91,18 @@ def encode_images(model, dataset: Dataset, batch_size: int = 256, num_workers: i
     return torch.from_numpy(feature_cache.cached(parts, compute))
 
 
+def encode_instance_images(model, dataset, batch_size: int = 256, num_workers: int = 0, amp: bool = False,
+                           progress: bool = True, desc: str = "images") -> tuple[torch.Tensor, list[list[int]]]:
+    """Return (L2-normalised embeddings (U, D) of the images a set of instances uses, each image once; per instance
+    its images' rows in them), for datasets with `instance_images` (per instance indices into its image files) and
+    `image_dataset(indices)` (those files as a dataset with its own fingerprint), through the feature cache."""
+    used = sorted({i for images in dataset.instance_images for i in images})
+    row = {image: k for k, image in enumerate(used)}
+    features = encode_images(model, dataset.image_dataset(used), batch_size=batch_size, num_workers=num_workers,
+                             amp=amp, progress=progress, desc=desc, split="eval")
+    return features, [[row[i] for i in images] for images in dataset.instance_images]
+
+
 def encode_texts(model, texts: Sequence[str], batch_size: int = 1024, amp: bool = False,
                  progress: bool = False, desc: str = "texts") -> torch.Tensor:
     """Return L2-normalised float32 text embeddings (N, D) on the CPU, in input order.

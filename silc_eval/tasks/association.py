@@ -17,7 +17,7 @@ import numpy as np
 from silc_eval.core.contract import Metric, Outcome, Task
 from silc_eval.core.params import boolean, integer
 from silc_eval.core.resampling import UnitStatistics, ratio
-from silc_eval.features import encode_images, encode_texts
+from silc_eval.features import encode_instance_images, encode_texts
 
 VOWELS = "aeiou"
 SUBSETS = {"jaccard_score": (0, 10**9), "jaccard_score_5-6": (0, 6), "jaccard_score_10-12": (10, 10**9)}
@@ -66,16 +66,14 @@ def unit_statistics(samples: Mapping[str, np.ndarray], params: Mapping | None = 
 def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
     """Return the association Outcome of model on data['eval'] (WinoGAViL instances)."""
     dataset = data["eval"]
-    used = sorted({i for images in dataset.instance_images for i in images})
-    position = {image: k for k, image in enumerate(used)}
-    image_features = encode_images(model, dataset.image_dataset(used), batch_size=params["batch_size"],
-                                   num_workers=params["num_workers"], amp=params["amp"], progress=progress,
-                                   desc="candidate images", split="eval").numpy()
+    image_features, instance_images = encode_instance_images(model, dataset, params["batch_size"],
+                                                             params["num_workers"], params["amp"], progress,
+                                                             desc="candidate images")
+    image_features = image_features.numpy()
     cue_features = encode_texts(model, [cue_prompt(c) for c in dataset.cues], amp=params["amp"],
                                 progress=progress, desc="cues").numpy()
-    jaccard = [instance_jaccard(image_features[[position[i] for i in images]] @ cue,
-                                np.asarray(associated, dtype=bool))
-               for images, cue, associated in zip(dataset.instance_images, cue_features, dataset.associated)]
+    jaccard = [instance_jaccard(image_features[rows] @ cue, np.asarray(associated, dtype=bool))
+               for rows, cue, associated in zip(instance_images, cue_features, dataset.associated)]
     samples = {"jaccard": np.asarray(jaccard, dtype=np.float64),
                "num_candidates": np.asarray([len(i) for i in dataset.instance_images], dtype=np.int32)}
     return Outcome(score(samples), samples)

@@ -23,7 +23,7 @@ import torch
 from silc_eval.core.contract import Metric, Outcome, Task
 from silc_eval.core.params import boolean, integer
 from silc_eval.core.resampling import UnitStatistics, ratio
-from silc_eval.features import encode_images, encode_texts
+from silc_eval.features import encode_instance_images, encode_texts
 
 METRICS = ("text_score", "image_score", "group_score")
 
@@ -74,16 +74,13 @@ def unit_statistics(samples: Mapping[str, np.ndarray], params: Mapping | None = 
 def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
     """Return the caption-selection Outcome of model on data['eval'] (a CaptionSelection set)."""
     dataset = data["eval"]
-    used = sorted({i for images in dataset.instance_images for i in images})
-    position = {image: k for k, image in enumerate(used)}
-    image_features = encode_images(model, dataset.image_dataset(used), batch_size=params["batch_size"],
-                                   num_workers=params["num_workers"], amp=params["amp"], progress=progress,
-                                   desc="selection images", split="eval")
+    image_features, instance_images = encode_instance_images(model, dataset, params["batch_size"],
+                                                             params["num_workers"], params["amp"], progress,
+                                                             desc="selection images")
     captions = [caption for per_instance in dataset.captions for caption in per_instance]
     text_features = encode_texts(model, captions, amp=params["amp"], progress=progress, desc="selection captions")
     starts = np.cumsum([0] + [len(c) for c in dataset.captions])
     instance_texts = [list(range(starts[n], starts[n + 1])) for n in range(len(dataset.captions))]
-    instance_images = [[position[i] for i in images] for images in dataset.instance_images]
     samples = outcomes(image_features, text_features, instance_images, instance_texts)
     return Outcome(score(samples), samples)
 
