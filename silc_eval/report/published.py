@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import pandas as pd
-
 from silc_eval.core.errors import UserError
 from silc_eval.core.paths import PROJECT_ROOT
 from silc_eval.core.schema import load_yaml
@@ -22,7 +20,6 @@ PUBLISHED_SCHEMA = "silc-eval/published/v1"
 TOP_KEYS = {"schema", "description", "undefined_benchmarks", "entries"}
 ENTRY_REQUIRED = {"method", "backbone", "scores", "source", "protocol"}
 ENTRY_OPTIONAL = {"verified", "note"}
-LONG_COLUMNS = ["row", "method", "backbone", "benchmark", "metric", "value", "verified", "source", "protocol"]
 
 
 def default_published_path() -> Path:
@@ -128,14 +125,6 @@ def load_published(path: Path | None = None, defined_benchmarks: Iterable[str] |
 
         defined_benchmarks = benchmark_files()  # names only: a malformed definition is not this file's concern
     return parse_published(data, path, defined_benchmarks)
-
-
-def published_table(entries: Iterable[PublishedEntry]) -> pd.DataFrame:
-    """Return one row per (entry, benchmark, metric) with value in %, source and protocol, in file order."""
-    rows = [{"row": e.label, "method": e.method, "backbone": e.backbone, "benchmark": benchmark, "metric": metric,
-             "value": value, "verified": e.verified, "source": e.source, "protocol": e.protocol}
-            for e in entries for benchmark, metrics in e.scores.items() for metric, value in metrics.items()]
-    return pd.DataFrame(rows, columns=LONG_COLUMNS)
 
 
 def published_main_scores(entry: PublishedEntry, main_metrics: dict[str, str]) -> dict[str, float]:

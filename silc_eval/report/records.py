@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -77,9 +76,3 @@ def load_result_records(folder: Path, strict: bool = False,
         raise UserError(f"no valid result record in {folder / RECORDS_DIR} ({len(paths)} JSON files, none with "
                         f"schema '{RECORD_SCHEMA}')")
     return records
-
-
-def main_score(record: dict[str, Any]) -> float:
-    """Return the record's main metric in % (NaN when it is missing or null)."""
-    value = record["metrics"].get(record["benchmark"]["main_metric"])
-    return math.nan if value is None else 100.0 * float(value)
