@@ -108,6 +108,18 @@ def test_other_geometry_or_variant_is_another_entry(tiny_model):
     assert feature_cache.STATS["misses"] == 3 and feature_cache.STATS["hits"] == 0
 
 
+def test_a_new_dense_code_version_is_another_entry(tiny_model, monkeypatch):
+    from silc_eval.models import dense
+
+    dataset, params = ImagesInMemory(seed=3), zeroshot_params("sclip")
+    feature_cache.reset_stats()
+    for version in (dense.CODE_VERSION, dense.CODE_VERSION, dense.CODE_VERSION + 1):
+        monkeypatch.setattr(dense, "CODE_VERSION", version)
+        window_features(tiny_model, dataset, lambda w: tiny_model.dense_features(w, "sclip"), "dense:sclip", params,
+                        progress=False)
+    assert feature_cache.STATS["misses"] == 2 and feature_cache.STATS["hits"] == 1
+
+
 def test_window_features_survive_the_cache_format(tiny_model):
     dataset, params = ImagesInMemory(seed=3), zeroshot_params("vanilla")
     with feature_cache.switched_off():

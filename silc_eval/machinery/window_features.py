@@ -42,6 +42,7 @@ from silc_eval.machinery.windows import (
     slide_boxes,
     window_chunks,
 )
+from silc_eval.models import dense
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # windows (N, 3, h, w) -> features (N, gh, gw, D)
 HeadFn = Callable[[torch.Tensor], torch.Tensor]  # features (n, gh, gw, D) float32 -> logits (n, Q, gh, gw)
@@ -197,8 +198,9 @@ def window_features(model, dataset, feature_fn: FeatureFn, feature_name: str, pa
     """
     shard = distributed.shard_dataset(dataset, images_per_step(params))
     parts = feature_cache.window_key_parts(
-        model, dataset, split, feature_name, {name: params[name] for name in GEOMETRY},
-        "amp" if params["amp"] else "fp32", (distributed.rank(), distributed.world_size()))
+        model, dataset, split, f"{feature_name}@dense-code-{dense.CODE_VERSION}",
+        {name: params[name] for name in GEOMETRY}, "amp" if params["amp"] else "fp32",
+        (distributed.rank(), distributed.world_size()))
     computed: list[WindowFeatures | StreamedWindows] = []
 
     def compute() -> dict[str, np.ndarray] | None:  # the arrays to store, None when nothing is stored

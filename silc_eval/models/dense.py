@@ -35,6 +35,9 @@ from silc_eval.core.errors import UserError
 from silc_eval.models.vit import embed_patches, interpolate_pos_embed
 
 VARIANTS = ("vanilla", "maskclip", "sclip", "clearclip", "naclip")
+# Bumped whenever the features this module computes change for the same weights and windows: cached window
+# features (machinery/window_features.py) carry it in their key, so a change never serves stale ones.
+CODE_VERSION = 2
 NACLIP_STD = 5.0
 
 
