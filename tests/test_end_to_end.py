@@ -52,7 +52,7 @@ def test_suite_run_writes_records_tables_and_leaderboard(suite_run):
     assert list(results.columns)[:6] == ["model", "benchmark", "group", "task", "metric", "value"]
     assert set(results["benchmark"]) == set(benchmarks) and set(results["model"]) == set(models)
     assert set(results.loc[results["benchmark"] == "synthscenes-retrieval", "metric"]) == {
-        f"{kind}_retrieval_recall@{k}" for kind in ("image", "text") for k in (1, 5, 10)}
+        f"{kind}_recall@{k}" for kind in ("image_retrieval", "text_retrieval", "mean") for k in (1, 5, 10)}
     leaderboard = pd.read_csv(suite_run / "leaderboard.csv", index_col="model")
     assert list(leaderboard.columns) == benchmarks + ["mean"]
     assert list(leaderboard.index) == models
