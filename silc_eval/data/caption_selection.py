@@ -42,14 +42,31 @@ class ImageFiles(Dataset):
         return (self.transform(image) if self.transform else image), 0
 
 
-def image_subset(files: Sequence[Path], fingerprint: str, indices: Sequence[int],
-                 transform: Callable | None) -> ImageFiles:
-    """Return files[indices] as an ImageFiles dataset whose fingerprint names the set's fingerprint and the indices."""
-    digest = hashlib.sha256(f"{fingerprint}\0{list(indices)}".encode()).hexdigest()[:16]
-    return ImageFiles([files[i] for i in indices], transform, digest)
+class InstanceImages(Dataset):
+    """What every set of instances over shared image files has (caption selection, WinoGAViL's associations):
+    image_files (each file once), instance_images (per instance its indices into them), transform, fingerprint."""
+
+    image_files: list[Path]
+    instance_images: list[list[int]]
+    transform: Callable | None
+    fingerprint: str
+
+    def image_dataset(self, indices: Sequence[int]) -> ImageFiles:
+        """Return the image files at indices as a dataset whose fingerprint names this set and the indices."""
+        digest = hashlib.sha256(f"{self.fingerprint}\0{list(indices)}".encode()).hexdigest()[:16]
+        return ImageFiles([self.image_files[i] for i in indices], self.transform, digest)
+
+    def images_of(self, index: int):
+        """Return the images of instance index: transformed and stacked (I, 3, H, W), or PIL images without a
+        transform."""
+        images = [load_rgb(self.image_files[i]) for i in self.instance_images[index]]
+        return torch.stack([self.transform(image) for image in images]) if self.transform is not None else images
+
+    def __len__(self) -> int:
+        return len(self.instance_images)
 
 
-class CaptionSelection(Dataset):
+class CaptionSelection(InstanceImages):
     """Instances of images and captions to match; items are (images stacked (I, 3, H, W), [caption, ...]).
 
     Attributes: image_files (each file once), instance_images (per instance its indices into
@@ -75,18 +92,8 @@ class CaptionSelection(Dataset):
         self.transform = transform
         self.fingerprint = fingerprint_files(self.image_files + [Path(annotation_file)])
 
-    def image_dataset(self, indices: Sequence[int]) -> ImageFiles:
-        """Return the image files at indices as a dataset whose fingerprint names this set and the indices."""
-        return image_subset(self.image_files, self.fingerprint, indices, self.transform)
-
-    def __len__(self) -> int:
-        return len(self.instance_images)
-
     def __getitem__(self, index: int):
-        images = [load_rgb(self.image_files[i]) for i in self.instance_images[index]]
-        if self.transform is not None:
-            images = torch.stack([self.transform(image) for image in images])
-        return images, list(self.captions[index])
+        return self.images_of(index), list(self.captions[index])
 
 
 def _load_json(path: Path, expected: str):

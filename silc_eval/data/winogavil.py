@@ -14,19 +14,18 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch.utils.data import Dataset
 
 from silc_eval.core.errors import UserError
 from silc_eval.core.fingerprint import fingerprint_files
-from silc_eval.data.caption_selection import ImageFiles, image_subset
-from silc_eval.data.readers import IMAGE_SUFFIXES, load_rgb
+from silc_eval.data.caption_selection import InstanceImages
+from silc_eval.data.readers import IMAGE_SUFFIXES
 
 ANNOTATION_FILE = "winogavil_dataset.csv"
 EXPECTED = (f"{ANNOTATION_FILE} with columns candidates and associations (JSON lists of image names) and cue, "
             f"beside images/<name>.png")
 
 
-class Associations(Dataset):
+class Associations(InstanceImages):
     """WinoGAViL instances; items are (candidate images stacked (C, 3, H, W), cue, associated (C,) bool).
 
     Attributes: image_files (each image once), instance_images (per instance its candidates' indices into
@@ -64,18 +63,8 @@ class Associations(Dataset):
         self.transform = transform
         self.fingerprint = fingerprint_files(self.image_files + [annotation_file])
 
-    def image_dataset(self, indices) -> ImageFiles:
-        """Return the image files at indices as a dataset whose fingerprint names this set and the indices."""
-        return image_subset(self.image_files, self.fingerprint, indices, self.transform)
-
-    def __len__(self) -> int:
-        return len(self.instance_images)
-
     def __getitem__(self, index: int):
-        images = [load_rgb(self.image_files[i]) for i in self.instance_images[index]]
-        if self.transform is not None:
-            images = torch.stack([self.transform(image) for image in images])
-        return images, self.cues[index], torch.tensor(self.associated[index])
+        return self.images_of(index), self.cues[index], torch.tensor(self.associated[index])
 
 
 def _image_file(images: Path, name: str) -> Path:
