@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, default=Path("runs/latest"), help="output folder (default: runs/latest)")
     run.add_argument("--device", default="cpu",
                      help="cpu or cuda[:N] (default: cpu; under torchrun, cuda is each rank's local GPU)")
+    run.add_argument("--precision", default="fp32", choices=("fp32", "fp16"),
+                     help="fp16: open_clip towers in half precision as OpenAI CLIP's reference code runs them "
+                          "(float16 weights, LayerNorm in float32; a GPU's path, slow on a CPU); default fp32")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--no-feature-cache", action="store_true",
                      help="compute every image feature afresh (default: reuse the feature cache)")
@@ -201,7 +204,7 @@ def cmd_run(args) -> int:
         run(RunConfig(benchmarks=benchmarks, models=args.model, output=args.output, data_root=args.data_root,
                       synthscenes_root=args.synthscenes_root, synthscenes_seed=args.synthscenes_seed, device=device,
                       progress=not args.no_progress and main, force=args.force,
-                      limit=args.limit))
+                      limit=args.limit, precision=args.precision))
     if not main:
         return 0
     print(f"wrote {args.output}/leaderboard.md, leaderboard.csv, results.csv and records/")

@@ -286,6 +286,13 @@ def test_bad_folders_get_one_line_and_exit_code_2(hf_folders, tmp_path, capsys, 
         parse_model_spec(f"hf:{folder}")
 
 
+def test_half_precision_is_refused_for_hf_folders_in_one_line(hf_folders, tmp_path, capsys):
+    assert_fails_cleanly(capsys, ["run", "--model", f"hf:{hf_folders['clip']}", "--precision", "fp16",
+                                  "--benchmark", "synthscenes-zeroshot", "--output", str(tmp_path / "out"),
+                                  "--no-progress"], r"--precision fp16 runs open_clip towers .* hf: folders run in fp32",
+                         watch=[tmp_path])
+
+
 def test_loaded_in_eval_mode_on_the_cpu_with_a_name_from_the_folder(hf_folders):
     model = load_hf_model(hf_folders["clip"])
     assert not model.model.training and model.device.type == "cpu" and model.name == "clip"

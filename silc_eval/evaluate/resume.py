@@ -28,7 +28,7 @@ from silc_eval.models.loading import find_weights_file, parse_model_spec
 from silc_eval.registry import Benchmark
 from silc_eval.report.records import read_one
 
-RESUME_INPUTS = "model sha256 and preprocessing, dataset fingerprint, protocol, task version, data and model package versions"
+RESUME_INPUTS = "model sha256, precision and preprocessing, dataset fingerprint, protocol, task version, data and model package versions"
 
 
 @dataclass
@@ -78,13 +78,17 @@ def identity_packages(spec_kind: str, benchmark: Benchmark) -> tuple[str, ...]:
 
 
 def changed_inputs(record: dict, sha256: str, benchmark: Benchmark, preprocessing: dict | None = None,
-                   packages: dict[str, str] | None = None) -> list[str]:
+                   packages: dict[str, str] | None = None, precision: str = "fp32") -> list[str]:
     """Return what differs between a record and this run, leaving out the dataset fingerprint ([] if nothing).
 
-    packages: the current versions of the identity packages (identity_packages) to compare with the record's."""
+    packages: the current versions of the identity packages (identity_packages) to compare with the record's;
+    precision: the run's model precision (records written before it was recorded ran in fp32)."""
     changes = []
     if record["model"]["sha256"] != sha256:
         changes.append("model weights changed (sha256)")
+    recorded_precision = record["model"].get("precision", "fp32")
+    if recorded_precision != precision:
+        changes.append(f"model precision {recorded_precision} -> {precision}")
     recorded = record.get("provenance", {}).get("packages", {})
     for name, version in sorted((packages or {}).items()):
         if recorded.get(name) != version:
@@ -129,7 +133,7 @@ def existing_record(path: Path, model_name: str, benchmark: Benchmark) -> tuple[
 
 
 def plan_resume(output: Path, model_specs: Sequence[str], benchmarks: Sequence[Benchmark],
-                roots: dict[str, Path], limit: int | None = None) -> ResumePlan:
+                roots: dict[str, Path], limit: int | None = None, precision: str = "fp32") -> ResumePlan:
     """Return which records under output a run of model_specs x benchmarks can keep.
 
     Model weights are hashed and datasets fingerprinted only where an earlier record exists; the
@@ -153,7 +157,7 @@ def plan_resume(output: Path, model_specs: Sequence[str], benchmarks: Sequence[B
             if sha256 is None:
                 sha256, preprocessing = weights_sha256(spec), spec_preprocessing(spec)
             versions = package_versions(identity_packages(parsed.kind, benchmark))
-            changes = changed_inputs(record, sha256, benchmark, preprocessing, versions)
+            changes = changed_inputs(record, sha256, benchmark, preprocessing, versions, precision)
             if not changes:
                 key = (json.dumps(benchmark.dataset, sort_keys=True), benchmark.task_spec.splits)
                 if key not in fingerprints:

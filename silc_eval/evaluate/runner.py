@@ -17,6 +17,7 @@ from silc_eval.evaluate.limit import limit_splits
 from silc_eval.evaluate.records import make_record, write_record
 from silc_eval.evaluate.resume import ResumePlan, plan_resume, resume_block
 from silc_eval.models import load_model, parse_model_spec
+from silc_eval.models.loading import check_precision
 from silc_eval.models.zoo import list_zoo
 from silc_eval.registry import Benchmark
 from silc_eval.report.write import write_reports
@@ -36,6 +37,7 @@ class RunConfig:
     progress: bool = True
     force: bool = False  # recompute records whose inputs are unchanged (see plan_resume)
     limit: int | None = None  # a smoke run on the first N samples of every split (evaluate/limit.py)
+    precision: str = "fp32"  # fp16: open_clip towers in half precision as OpenAI's reference code runs them
 
 
 def default_models() -> list[str]:
@@ -101,8 +103,8 @@ def run(config: RunConfig) -> list[dict]:
     distributed.check_device(config.device)
     check_writable_folder(config.output, "--output")  # before any work: not a file, not read-only
     model_specs = config.models or default_models()
-    for spec in model_specs:
-        parse_model_spec(spec)  # fail on a bad name before any data is generated or read
+    for spec in model_specs:  # fail on a bad name or precision before any data is generated or read
+        check_precision(config.precision, parse_model_spec(spec).kind)
     if distributed.active():
         log(f"silc-eval: sharding the run over {distributed.world_size()} processes ({distributed.backend()}, "
             f"rank 0 on {config.device}); rank 0 writes the results")
@@ -121,7 +123,7 @@ def run(config: RunConfig) -> list[dict]:
         if not todo:
             model_names.append(parse_model_spec(spec).name)
             continue
-        model = load_model(spec, device=config.device)
+        model = load_model(spec, device=config.device, precision=config.precision)
         model_names.append(model.name)
         built: dict[tuple[str, tuple[str, ...]], dict] = {}
         for benchmark in todo:
@@ -149,8 +151,8 @@ def resume_plan(config: RunConfig, model_specs: Sequence[str], benchmarks: Seque
     """Return the run's ResumePlan (empty with --force), made on rank 0 and shared, after logging its block."""
     if config.force:
         return ResumePlan()
-    plan = plan_resume(config.output, model_specs, benchmarks, roots, config.limit) if distributed.is_main() \
-        else None
+    plan = plan_resume(config.output, model_specs, benchmarks, roots, config.limit, config.precision) \
+        if distributed.is_main() else None
     plan = distributed.broadcast_object(plan)
     block = resume_block(plan, config.output, len(model_specs) * len(benchmarks))
     if block:

@@ -7,7 +7,8 @@ from silc_eval.features.encode import (
                                       encode_images,
                                       encode_instance_images,
                                       encode_texts,
+                                      precision_label,
 )
 
 __all__ = ["OrderedLoader", "autocast_context", "compute_image_features", "encode_images", "encode_instance_images",
-           "encode_texts"]
+           "encode_texts", "precision_label"]

@@ -53,6 +53,14 @@ def autocast_context(device: str | torch.device, amp: bool):
     return nullcontext()
 
 
+def precision_label(model, amp: bool) -> str:
+    """Return how a model's features are computed, for cache keys: 'fp16-weights' for a model loaded in half precision
+    (models/loading.py PRECISIONS), 'fp16-autocast' with amp on CUDA, 'fp32' otherwise."""
+    if getattr(model, "precision", "fp32") == "fp16":
+        return "fp16-weights"
+    return "fp16-autocast" if amp and model.device.type == "cuda" else "fp32"
+
+
 def compute_image_features(model, dataset: Dataset, batch_size: int = 256, num_workers: int = 0, amp: bool = False,
                            progress: bool = True, desc: str = "images", normalize: bool = True) -> torch.Tensor:
     """Return float32 image embeddings (N, D) on the CPU in dataset order, always running the model (no cache).
@@ -82,8 +90,7 @@ def encode_images(model, dataset: Dataset, batch_size: int = 256, num_workers: i
     precision were encoded before; computed and stored otherwise.
     """
     split = split if split is not None else getattr(dataset, "split", None)
-    precision = "fp16-autocast" if amp and model.device.type == "cuda" else "fp32"
-    parts = feature_cache.key_parts(model, dataset, split, normalize, precision)
+    parts = feature_cache.key_parts(model, dataset, split, normalize, precision_label(model, amp))
 
     def compute():
         return compute_image_features(model, dataset, batch_size, num_workers, amp, progress, desc, normalize).numpy()
@@ -112,7 +119,7 @@ def encode_texts(model, texts: Sequence[str], batch_size: int = 1024, amp: bool 
     torchrun each rank encodes its block of whole batches and every rank gets all N rows.
     """
     tokens = model.tokenize(list(texts)) if len(texts) else torch.empty(0, 0, dtype=torch.int64)
-    precision = "fp16-autocast" if amp and model.device.type == "cuda" else "fp32"
+    precision = precision_label(model, amp)
 
     def compute():
         shard = distributed.shard_indices(len(texts), batch_size)

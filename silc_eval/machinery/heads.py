@@ -36,7 +36,7 @@ from silc_eval.core import distributed
 from silc_eval.core.errors import UserError
 from silc_eval.core.labels import IGNORE_INDEX
 from silc_eval.core.params import Param, boolean, choice, int_list, integer, number
-from silc_eval.features import autocast_context
+from silc_eval.features import autocast_context, precision_label
 from silc_eval.features import cache as feature_cache
 from silc_eval.machinery.dense_segmentation import image_batches
 from silc_eval.machinery.segmentation_metrics import SegmentationMeter
@@ -148,7 +148,7 @@ def cache_features(model, dataset, feature_fn: FeatureFn, feature_name: str, par
         if params.get("max_train_images") is not None:
             geometry["subset_seed"] = subset_seed
         parts = feature_cache.window_key_parts(model, dataset, "train", feature_name, geometry,
-                                               "amp" if params["amp"] else "fp32")
+                                               precision_label(model, params["amp"]))
     arrays = feature_cache.cached_arrays(parts, compute)
     return WindowCache(torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["labels"]))
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from silc_eval.core import distributed
 from silc_eval.core.log import note
-from silc_eval.features import OrderedLoader, autocast_context
+from silc_eval.features import OrderedLoader, autocast_context, precision_label
 from silc_eval.features import cache as feature_cache
 from silc_eval.machinery.dense_segmentation import image_batches
 from silc_eval.machinery.segmentation_metrics import SegmentationMeter
@@ -199,7 +199,7 @@ def window_features(model, dataset, feature_fn: FeatureFn, feature_name: str, pa
     shard = distributed.shard_dataset(dataset, images_per_step(params))
     parts = feature_cache.window_key_parts(
         model, dataset, split, f"{feature_name}@dense-code-{dense.CODE_VERSION}",
-        {name: params[name] for name in GEOMETRY}, "amp" if params["amp"] else "fp32",
+        {name: params[name] for name in GEOMETRY}, precision_label(model, params["amp"]),
         (distributed.rank(), distributed.world_size()))
     computed: list[WindowFeatures | StreamedWindows] = []
 

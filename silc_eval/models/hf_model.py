@@ -264,6 +264,7 @@ class HFModel:
         transform = NaFlexTransform if family == "hf-siglip2" else ProcessorTransform
         self.preprocess = transform(processor.image_processor, self.preprocessing["image"])
         self.class_token = family == "hf-clip"
+        self.precision = "fp32"  # hf: folders always run in float32 (models/loading.py PRECISIONS)
 
     @property
     def device(self) -> torch.device:

@@ -20,6 +20,10 @@ from silc_eval.models.zoo import get_zoo_entry, list_zoo
 LOCAL_DIR_PREFIX = "local-dir:"
 BIG_VISION_PREFIX = "big_vision:"
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model")
+# fp16: the towers as OpenAI CLIP's reference code (and SCLIP, ClearCLIP, NACLIP after it) runs them on a GPU:
+# convolution, linear and attention weights in float16, every LayerNorm computing in float32 (open_clip's
+# precision="fp16", its LayerNormFp32 and convert_weights_to_lp).
+PRECISIONS = ("fp32", "fp16")
 WEIGHT_FILE_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "model.safetensors",
                      "pytorch_model.bin", "model.pth")
 
@@ -130,12 +134,25 @@ def find_weights_file(folder: Path) -> Path:
                     f"{', '.join(WEIGHT_FILE_NAMES)}")
 
 
-def load_open_clip(spec: str | ModelSpec, device: str = "cpu", with_tokenizer: bool = True) -> OpenClipParts:
+def check_precision(precision: str, kind: str | None = None) -> str:
+    """Return precision if it is one of PRECISIONS and the model kind can run it; otherwise raise a UserError."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision '{precision}'; expected one of {', '.join(PRECISIONS)}")
+    if precision != "fp32" and kind == "hf":
+        raise UserError(f"--precision {precision} runs open_clip towers as OpenAI CLIP's reference code does (float16 "
+                        f"weights, LayerNorm in float32); hf: folders run in fp32 (expected an open_clip model, "
+                        f"or --precision fp32)")
+    return precision
+
+
+def load_open_clip(spec: str | ModelSpec, device: str = "cpu", with_tokenizer: bool = True,
+                   precision: str = "fp32") -> OpenClipParts:
     """Return the OpenClipParts of a model spec (a --model value or a parsed ModelSpec), on device, offline.
 
     The one place where open_clip models are created from files: zoo folders and local-dirs
     through open_clip's `local-dir:` loader, ARCH:CHECKPOINT through the architecture and the
-    weights file. with_tokenizer=False skips the tokenizer (vision-only users). A file open_clip
+    weights file. with_tokenizer=False skips the tokenizer (vision-only users); precision "fp16" builds the model
+    with open_clip's precision="fp16" (PRECISIONS). A file open_clip
     cannot read is a one-line UserError: 'checkpoint WEIGHTS could not be loaded as ARCH: ...'; a state
     dict with a non-finite or non-float tensor is one too (check_weights, before open_clip casts it).
     """
@@ -157,7 +174,7 @@ def load_open_clip(spec: str | ModelSpec, device: str = "cpu", with_tokenizer: b
     try:
         with quiet_root_logger():
             model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained,
-                                                                         device=device)
+                                                                         device=device, precision=precision)
             if not with_tokenizer:
                 tokenizer = None
             elif parsed.kind == "big_vision":
@@ -258,13 +275,15 @@ def load_failure(exc: BaseException) -> str:
     return first_line[:300]
 
 
-def load_model(spec: str, device: str = "cpu") -> OpenClipModel | HFModel:
-    """Return the model named by spec, in eval mode on device, never touching the network."""
+def load_model(spec: str, device: str = "cpu", precision: str = "fp32") -> OpenClipModel | HFModel:
+    """Return the model named by spec, in eval mode on device, never touching the network; precision "fp16" runs an
+    open_clip model's towers in half precision as OpenAI CLIP's reference code does (PRECISIONS)."""
     enforce_offline()
     parsed = parse_model_spec(spec)
+    check_precision(precision, parsed.kind)
     if parsed.kind == "hf":
         return load_hf_model(parsed.path, device, name=parsed.name)
-    parts = load_open_clip(parsed, device)
+    parts = load_open_clip(parsed, device, precision=precision)
     return OpenClipModel(parts.model, parts.tokenizer, parts.preprocess, name=parsed.name,
                          sha256=remembered_sha256(parts.weights), source=spec, architecture=parts.architecture,
-                         family="big_vision" if parsed.kind == "big_vision" else "open_clip")
+                         family="big_vision" if parsed.kind == "big_vision" else "open_clip", precision=precision)

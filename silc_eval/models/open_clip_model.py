@@ -15,10 +15,16 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class OpenClipModel:
-    """Wraps an open_clip model, its tokenizer and its eval preprocessing."""
+    """Wraps an open_clip model, its tokenizer and its eval preprocessing.
+
+    precision "fp16" (a model built with open_clip's precision="fp16"): images enter the towers in float16, as
+    OpenAI CLIP's reference code casts them; every output is returned in float32, so normalisation, similarities
+    and everything after them run in float32.
+    """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Callable, preprocess: Callable,
-                 name: str, sha256: str, source: str, architecture: str, family: str = "open_clip"):
+                 name: str, sha256: str, source: str, architecture: str, family: str = "open_clip",
+                 precision: str = "fp32"):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.preprocess = preprocess
@@ -27,6 +33,8 @@ class OpenClipModel:
         self.source = source
         self.architecture = architecture
         self.family = family
+        self.precision = precision
+        self.input_dtype = torch.float16 if precision == "fp16" else torch.float32
 
     @property
     def device(self) -> torch.device:
@@ -53,19 +61,19 @@ class OpenClipModel:
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Return image embeddings (N, D), L2-normalised if asked."""
-        features = self.model.encode_image(images)
+        features = self.model.encode_image(images.to(self.input_dtype)).float()
         return F.normalize(features, dim=-1) if normalize else features
 
     @torch.no_grad()
     def encode_text(self, tokens: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Return text embeddings (N, D), L2-normalised if asked."""
-        features = self.model.encode_text(tokens)
+        features = self.model.encode_text(tokens).float()
         return F.normalize(features, dim=-1) if normalize else features
 
     def patch_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Return last-layer patch tokens (B, gh, gw, D) after the final LayerNorm, before the projection."""
-        return dense.patch_tokens(self.model.visual, images)[0]
+        return dense.patch_tokens(self.model.visual, images.to(self.input_dtype))[0].float()
 
     def dense_features(self, images: torch.Tensor, variant: str = "vanilla") -> torch.Tensor:
         """Return projected patch embeddings (B, gh, gw, E) of a dense variant (models/dense.py)."""
-        return dense.dense_features(self.model.visual, images, variant)[0]
+        return dense.dense_features(self.model.visual, images.to(self.input_dtype), variant)[0].float()
