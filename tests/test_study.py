@@ -37,7 +37,7 @@ def study_file(tmp_path):
     recipes = {"a": {"recipe": tiny_recipe_file(tmp_path, "tiny-clip", "clip")},
                "b": {"recipe": tiny_recipe_file(tmp_path, "tiny-siglip", "siglip"), "set": {"optim": {"lr": 2e-3}}}}
     study = {"name": "tiny", "benchmarks": BENCHMARKS, "seeds": [0, 1], "budgets": [16, 24], "recipes": recipes,
-             "compare": [["b", "a"]]}
+             "compare": [["b", "a"]], "select": {"baseline": "a"}}
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     return path
@@ -51,7 +51,9 @@ def test_study_files_are_checked_with_one_line(tmp_path, study_file):
     for change, message in (({"seeds": []}, "non-empty list"), ({"budgets": [16, 16]}, "twice"),
                             ({"compare": [["a", "zzz"]]}, "pairs of recipe labels"),
                             ({"recipes": {"a": {"recipe": "no-such-recipe"}}}, "unknown recipe"),
-                            ({"suite": "all"}, "exactly one of")):
+                            ({"suite": "all"}, "exactly one of"),
+                            ({"select": {"baseline": "zzz"}}, "'select' must be"),
+                            ({"select": {"baseline": "a", "exclude": ["zzz"]}}, "'select' must be")):
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump({**data, **change}))
         with pytest.raises(UserError, match=message):
@@ -116,6 +118,7 @@ def test_study_trains_evaluates_reports_and_resumes_without_retraining(tmp_path,
     # a and b cost the same per image, so budgets 16 and 24 (1.5x apart) are no equal-FLOPs pair
     assert "## Paired differences at matched training FLOPs" in report and "No compared pair has budgets" in report
     assert (output / "score_vs_flops.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Selection at 16 images" in report and ("**Selected: b**" in report or "**Kept: a**" in report)
 
     # Resume: nothing is trained again and every record is kept.
     trained.clear()
@@ -186,3 +189,41 @@ def test_run_scores_the_validation_world_not_the_benchmarks_own(tmp_path, tiny_m
     samples = {seed: read_samples(path, json.loads(path.read_text())) for seed, path in records.items()}
     assert not np.array_equal(samples[0]["target"], samples[1]["target"]) or \
         not np.array_equal(samples[0]["top5"], samples[1]["top5"])
+
+
+def correctness_rows(label: str, benchmark: str, rates: tuple[float, ...], rng) -> dict:
+    """Return a study-report row of one label on one benchmark: per seed, 400 images' correctness drawn at a rate."""
+    def reduce(sums):
+        return {"acc": sums[..., 0] / 400}
+
+    stats = [rs.UnitStatistics((rng.random((400, 1, 1)) < p).astype(float), reduce) for p in rates]
+    mean = rs.full_sample(rs.stack_seeds(stats), ["acc"])["acc"]
+    return {"label": label, "budget_images": 64, "benchmark": benchmark, "metric": "acc", "mean": mean,
+            "_stats": stats}
+
+
+def test_the_declared_rule_selects_a_candidate_only_beyond_the_noise():
+    from silc_eval.report.study_report import mean_score_difference, paired_replicates, select_recipe
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for benchmark in ("one", "two"):
+        rows += [correctness_rows("base", benchmark, (0.50, 0.52), rng),
+                 correctness_rows("better", benchmark, (0.70, 0.72), rng),
+                 correctness_rows("same", benchmark, (0.50, 0.53), rng),
+                 correctness_rows("control", benchmark, (0.95, 0.95), rng)]
+    chosen = select_recipe(rows, {"baseline": "base", "exclude": ["control"]}, 500, 0, 0.95)[0]
+    assert chosen["ranking"][0] == "better" and "control" not in chosen["ranking"]
+    assert chosen["selected"] == "better" and chosen["difference"]["low"] > 0
+    # The difference of the means is the mean of the per-benchmark differences; its replicates average theirs.
+    index = {(r["label"], r["benchmark"]): r for r in rows}
+    per_benchmark = [index[("better", b)]["mean"] - index[("base", b)]["mean"] for b in ("one", "two")]
+    assert chosen["difference"]["delta"] == pytest.approx(np.mean(per_benchmark))
+    draws = np.mean([paired_replicates(index[("better", b)], index[("base", b)], 500, 0) for b in ("one", "two")],
+                    axis=0)
+    assert (chosen["difference"]["low"], chosen["difference"]["high"]) == pytest.approx(
+        tuple(np.percentile(draws, [2.5, 97.5])))
+    within = select_recipe([r for r in rows if r["label"] in ("base", "same")], {"baseline": "base"}, 500, 0, 0.95)[0]
+    assert within["best"] == "same" and within["selected"] == "base"
+    difference = mean_score_difference(rows, "same", "base", 64, ["one", "two"], 500, 0, 0.95)
+    assert difference["low"] <= 0 <= difference["high"]

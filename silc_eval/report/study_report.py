@@ -1,5 +1,6 @@
 """The report of a training study (train/study.py): per recipe, budget and benchmark, the mean over seeds and
-its 95% interval over seeds and images; paired differences between recipes; score against training FLOPs.
+its 95% interval over seeds and images; paired differences between recipes; score against training FLOPs; and,
+when the study file declares one, the selection its rule makes (select_recipe).
 
 Reads only OUTPUT/study.json (which model is which recipe, budget and seed), the records and their
 sidecars under OUTPUT/results, and the models' cards (images seen, training FLOPs). For one
@@ -102,6 +103,19 @@ def matched_budgets(rows: list[dict[str, Any]], a: str, b: str, axis: str) -> li
     return pairs
 
 
+def paired_replicates(left: dict[str, Any], right: dict[str, Any], resamples: int, seed: int) -> np.ndarray | None:
+    """Return the (B,) bootstrap replicates of left's seed mean minus right's on one benchmark, paired over the same
+    images and seed draws; None when either side lacks unit statistics or their images differ."""
+    if any(s is None for s in left["_stats"] + right["_stats"]):
+        return None
+    sides = [rs.stack_seeds(left["_stats"]), rs.stack_seeds(right["_stats"])]
+    if sides[0].n_units != sides[1].n_units:
+        return None
+    metric = left["metric"]
+    draws = rs.replicates(sides, [[metric], [metric]], resamples, seed)
+    return draws[0][metric] - draws[1][metric]
+
+
 def paired_differences(rows: list[dict[str, Any]], pairs: list[tuple[str, str]], resamples: int, seed: int,
                        level: float, axis: str = "images") -> list[dict[str, Any]]:
     """Return per (a, b) pair, matched budgets (matched_budgets on axis) and benchmark the difference a - b of the
@@ -113,15 +127,13 @@ def paired_differences(rows: list[dict[str, Any]], pairs: list[tuple[str, str]],
             family = []
             for benchmark in dict.fromkeys(r["benchmark"] for r in rows):
                 left, right = index.get((a, budget_a, benchmark)), index.get((b, budget_b, benchmark))
-                if left is None or right is None or any(s is None for s in left["_stats"] + right["_stats"]):
+                if left is None or right is None:
                     continue
-                sides = [rs.stack_seeds(left["_stats"]), rs.stack_seeds(right["_stats"])]
-                if sides[0].n_units != sides[1].n_units:
+                deltas = paired_replicates(left, right, resamples, seed)
+                if deltas is None:
                     continue
-                metric = left["metric"]
-                draws = rs.replicates(sides, [[metric], [metric]], resamples, seed)
-                observed = left["mean"] - right["mean"]
-                test = rs.paired_from_replicates(observed, draws[0][metric] - draws[1][metric], level)
+                metric, observed = left["metric"], left["mean"] - right["mean"]
+                test = rs.paired_from_replicates(observed, deltas, level)
                 family.append({"a": a, "b": b, "budget_images": budget_a, "budget_images_b": budget_b,
                                "flops_ratio": left["training_flops"] / right["training_flops"],
                                "benchmark": benchmark, "metric": metric, "delta": observed, "low": test.low,
@@ -133,14 +145,87 @@ def paired_differences(rows: list[dict[str, Any]], pairs: list[tuple[str, str]],
     return out
 
 
+def mean_score_difference(rows: list[dict[str, Any]], a: str, b: str, budget: int, benchmarks: list[str],
+                          resamples: int, seed: int, level: float) -> dict[str, Any] | None:
+    """Return a − b of the mean over benchmarks of the main metric at one budget (equal images seen), with its paired
+    interval and p-value: each bootstrap replicate averages the benchmarks' paired replicate differences (every
+    benchmark's images and seeds drawn as paired_replicates draws them). None when a benchmark has no paired
+    replicates."""
+    index = {(r["label"], r["budget_images"], r["benchmark"]): r for r in rows}
+    observed, deltas = [], []
+    for benchmark in benchmarks:
+        left, right = index[(a, budget, benchmark)], index[(b, budget, benchmark)]
+        draws = paired_replicates(left, right, resamples, seed)
+        if draws is None:
+            return None
+        observed.append(left["mean"] - right["mean"])
+        deltas.append(draws)
+    delta = float(np.mean(observed))
+    test = rs.paired_from_replicates(delta, np.mean(np.vstack(deltas), axis=0), level)
+    return {"delta": delta, "low": test.low, "high": test.high, "p_value": test.p_value}
+
+
+def select_recipe(rows: list[dict[str, Any]], rule: dict[str, Any], resamples: int, seed: int,
+                  level: float) -> list[dict[str, Any]]:
+    """Return per budget the study's declared selection (study file `select: {baseline, exclude}`): every candidate
+    (a label neither the baseline nor excluded) ranked by its mean over the benchmarks every label has, the best
+    one's difference to the baseline (mean_score_difference), and `selected`: the best candidate when that
+    difference's interval lies above 0, otherwise the baseline (a candidate within the noise does not replace it)."""
+    baseline, excluded = rule["baseline"], set(rule.get("exclude", []))
+    out = []
+    for budget in sorted({r["budget_images"] for r in rows}):
+        at_budget = [r for r in rows if r["budget_images"] == budget]
+        labels = list(dict.fromkeys(r["label"] for r in at_budget))
+        if baseline not in labels:
+            continue
+        shared = [b for b in dict.fromkeys(r["benchmark"] for r in at_budget)
+                  if all(any(r["label"] == label and r["benchmark"] == b for r in at_budget) for label in labels)]
+        means = {label: float(np.mean([r["mean"] for r in at_budget if r["label"] == label and r["benchmark"] in shared]))
+                 for label in labels}
+        candidates = sorted((label for label in labels if label != baseline and label not in excluded),
+                            key=lambda label: -means[label])
+        if not candidates or not shared:
+            continue
+        best = candidates[0]
+        difference = mean_score_difference(rows, best, baseline, budget, shared, resamples, seed, level)
+        wins = difference is not None and difference["low"] > 0
+        out.append({"budget_images": budget, "baseline": baseline, "benchmarks": shared, "means": means,
+                    "ranking": candidates, "best": best, "difference": difference,
+                    "selected": best if wins else baseline})
+    return out
+
+
+def render_selection(selections: list[dict[str, Any]], level: float) -> list[str]:
+    """Return the Markdown lines of the declared selection: each label's mean over the shared main metrics, the best
+    candidate's paired difference to the baseline and the verdict."""
+    lines = []
+    for sel in selections:
+        lines += ["", f"## Selection at {sel['budget_images']:,} images (the rule declared in the study file)", "",
+                  f"Mean over the main metrics of {len(sel['benchmarks'])} benchmarks (%), every candidate ranked; the "
+                  f"best replaces the baseline ({sel['baseline']}) only when its paired {100 * level:g}% interval of the "
+                  f"difference in that mean lies above 0.", "", "| recipe | mean | role |", "|---|---:|---|"]
+        for label, mean in sorted(sel["means"].items(), key=lambda item: -item[1]):
+            role = "baseline" if label == sel["baseline"] else ("best candidate" if label == sel["best"] else
+                                                               "candidate" if label in sel["ranking"] else "excluded")
+            lines.append(f"| {label} | {100 * mean:.2f} | {role} |")
+        d = sel["difference"]
+        shown = "no paired replicates" if d is None else \
+            f"{100 * d['delta']:+.2f} pp [{100 * d['low']:+.2f}, {100 * d['high']:+.2f}], p {d['p_value']:.3g}"
+        verdict = f"**Selected: {sel['best']}**" if sel["selected"] == sel["best"] else \
+            f"**Kept: {sel['baseline']}** (no candidate is above it beyond the noise)"
+        lines += ["", f"{sel['best']} − {sel['baseline']}: {shown}. {verdict}."]
+    return lines
+
+
 def _pp(value: float) -> str:
     return "—" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
 
 def render_markdown(plan: dict[str, Any], rows: list[dict[str, Any]], differences: list[dict[str, Any]],
-                    resamples: int, level: float, flops_differences: list[dict[str, Any]] = ()) -> str:
-    """Return the study report as Markdown: one table per benchmark (recipes x budgets), compute, and the paired
-    differences at equal images seen and at matched training FLOPs."""
+                    resamples: int, level: float, flops_differences: list[dict[str, Any]] = (),
+                    selections: list[dict[str, Any]] = ()) -> str:
+    """Return the study report as Markdown: the declared selection (if any), one table per benchmark (recipes x
+    budgets), compute, and the paired differences at equal images seen and at matched training FLOPs."""
     budgets = sorted({r["budget_images"] for r in rows})
     labels = list(dict.fromkeys(r["label"] for r in rows))
     index = {(r["label"], r["budget_images"], r["benchmark"]): r for r in rows}
@@ -161,6 +246,8 @@ def render_markdown(plan: dict[str, Any], rows: list[dict[str, Any]], difference
         lines += ["**Incomplete:** a cell with one trained seed has an interval over images (and a trained head's "
                   "seeds) only, not over training seeds: its differences, starred or not, may not survive the "
                   "other seeds.", ""]
+    if selections:
+        lines += render_selection(selections, level)[1:] + [""]
     lines += ["## Compute", "", "| recipe | " + " | ".join(f"{b:,} images: training FLOPs" for b in budgets) + " |",
               "|---|" + "---:|" * len(budgets)]
     for label in labels:
@@ -271,6 +358,7 @@ def write_study_report(output: Path, resamples: int = rs.DEFAULT_RESAMPLES, seed
     flops_differences = paired_differences(rows, pairs, resamples, seed, level, axis="flops")
     atomic_write_text(output / TABLE_FILE, render_csv(rows))
     atomic_write_bytes(output / PLOT_FILE, render_plot(rows))
+    selections = select_recipe(rows, plan["select"], resamples, seed, level) if plan.get("select") else []
     atomic_write_text(output / REPORT_FILE, render_markdown(plan, rows, differences, resamples, level,
-                                                            flops_differences))
+                                                            flops_differences, selections))
     return output / REPORT_FILE

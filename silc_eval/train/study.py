@@ -14,6 +14,9 @@ The study file (YAML):
       silc-horizon: {recipe: silc, set: {objective: {distill: {ema_horizon_images: 2048}}}}
       siglip: {recipe: siglip, budgets: [5120, 10240, 17920]}   # a recipe's own budgets (e.g. to match FLOPs)
     synthscenes_seed: 1              # evaluate on a validation world (optional; tuning never sees seed 0's scenes)
+    select: {baseline: silc, exclude: [clip]}   # the selection rule, declared before the runs (optional): the
+                                     # candidate with the highest mean over the main metrics replaces the baseline
+                                     # only when the paired interval of that difference lies above 0
 
 Every run (recipe label x budget x seed) gets a recipe file written under OUTPUT/recipes (the
 named recipe with the study's and the run's `set` merged in, its seed and steps, no evaluation
@@ -47,7 +50,7 @@ from silc_eval.train.recipe import available_recipes, load_recipe, recipes_dir
 
 PLAN_FILE = "study.json"
 STUDY_KEYS = {"name", "description", "suite", "benchmarks", "seeds", "budgets", "set", "recipes", "compare",
-              "synthscenes_seed"}
+              "synthscenes_seed", "select"}
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class Study:
     runs: tuple[StudyRun, ...]
     compare: tuple[tuple[str, str], ...] = ()
     synthscenes_seed: int | None = None  # evaluate on this SynthScenes world (a validation world), not seed 0
+    select: dict | None = None  # the declared selection rule: {baseline: LABEL, exclude: [LABEL, ...]}
 
 
 def merged(base: dict, changes: dict) -> dict:
@@ -140,7 +144,22 @@ def load_study(path: Path) -> Study:
                         f"benchmarks' own world is seed 0), got {world!r}")
     return Study(str(data["name"]), " ".join(str(data.get("description") or "").split()),
                  tuple(b.name for b in benchmarks), data.get("suite"), tuple(runs),
-                 tuple((str(a), str(b)) for a, b in compare), world)
+                 tuple((str(a), str(b)) for a, b in compare), world, selection_rule(path, data.get("select"), recipes))
+
+
+def selection_rule(path: Path, rule: Any, labels) -> dict | None:
+    """Return a study file's `select` as {baseline, exclude} (None when absent); a malformed one is a UserError."""
+    if rule is None:
+        return None
+    expected = (f"{path}: 'select' must be {{baseline: LABEL, exclude: [LABEL, ...]}} with recipe labels among "
+                f"{', '.join(map(str, labels))}")
+    if not isinstance(rule, dict) or not set(rule) <= {"baseline", "exclude"} or str(rule.get("baseline")) not in \
+            set(map(str, labels)):
+        raise UserError(expected)
+    exclude = rule.get("exclude") or []
+    if not isinstance(exclude, list) or not all(str(x) in set(map(str, labels)) for x in exclude):
+        raise UserError(expected)
+    return {"baseline": str(rule["baseline"]), "exclude": [str(x) for x in exclude]}
 
 
 def run_recipe(run: StudyRun, folder: Path) -> dict[str, Any]:
@@ -164,6 +183,7 @@ def write_plan(study: Study, output: Path) -> None:
     """Write OUTPUT/study.json: the study's name, benchmarks and every run's model, label, budget and seed."""
     plan = {"name": study.name, "description": study.description, "benchmarks": list(study.benchmarks),
             "compare": [list(pair) for pair in study.compare], "synthscenes_seed": study.synthscenes_seed,
+            "select": study.select,
             "runs": [{"model": r.model_name, "label": r.label, "recipe": r.recipe, "budget_images": r.budget,
                       "seed": r.seed, "set": r.changes} for r in study.runs]}
     atomic_write_text(output / PLAN_FILE, json.dumps(plan, indent=1) + "\n")
