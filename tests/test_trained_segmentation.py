@@ -15,6 +15,7 @@ import torch
 
 from conftest import TINY_CLASSNAMES, TINY_TEMPLATES
 from silc_eval.core.errors import UserError
+from silc_eval.features import cache as feature_cache
 from silc_eval.machinery import heads
 from silc_eval.machinery.prompts import class_embeddings
 from silc_eval.registry import parse_benchmark
@@ -258,7 +259,8 @@ def test_linear_probe_needs_the_same_classes(tiny_model, with_train_split):
 
 @pytest.fixture
 def trained_heads(monkeypatch):
-    """Record (losses, state dict) of every head that heads.train_head trains."""
+    """Record (losses, state dict) of every head that heads.train_head trains; the feature cache is off, so every
+    run trains its heads (what these tests compare)."""
     records = []
     original = heads.train_head
 
@@ -268,7 +270,8 @@ def trained_heads(monkeypatch):
         return losses
 
     monkeypatch.setattr(heads, "train_head", spy)
-    return records
+    with feature_cache.switched_off():
+        yield records
 
 
 def test_linear_probe_learns_a_separable_problem(tiny_model, with_train_split):
@@ -289,13 +292,15 @@ def test_linear_probe_is_solved_once_and_warns_when_stopped_short(tiny_model, wi
     original = linear.fit_linear_probe
     monkeypatch.setattr(linear, "fit_linear_probe",
                         lambda *args, **kwargs: fits.append(original(*args, **kwargs)) or fits[-1])
-    first, second = (run_head(linear, tiny_model, evaluation, tiny_params(linear, l2=1e-3)) for _ in range(2))
+    with feature_cache.switched_off():
+        first, second = (run_head(linear, tiny_model, evaluation, tiny_params(linear, l2=1e-3)) for _ in range(2))
     assert first == second and len(fits) == 2
     assert torch.equal(fits[0][0].weight, fits[1][0].weight) and fits[0][1].converged
     assert "L-BFGS stopped" not in capsys.readouterr().err
-    run_head(linear, tiny_model, evaluation, tiny_params(linear, l2=1e-3, max_iterations=1))
-    assert not fits[-1][1].converged
-    assert "linear_segmentation: L-BFGS stopped after 1 iterations" in capsys.readouterr().err
+    for run in range(2):  # the second run reuses the probe the first kept in the cache, and still warns
+        run_head(linear, tiny_model, evaluation, tiny_params(linear, l2=1e-3, max_iterations=1))
+        assert len(fits) == 3 and not fits[-1][1].converged
+        assert "linear_segmentation: L-BFGS stopped after 1 iterations" in capsys.readouterr().err
 
 
 def test_decoders_are_reproducible_per_seed(tiny_model, with_train_split, trained_heads):
@@ -354,3 +359,33 @@ def test_seeds_train_one_decoder_each_and_report_their_mean(tiny_model, with_tra
     assert outcome.samples["intersect"].shape == (3, 4, len(TINY_CLASSNAMES))
     assert outcome.samples["seeds"].tolist() == [3, 4, 5]
     assert task.score(outcome.samples) == together
+
+
+@pytest.mark.parametrize("module", [openvocab, linear])
+def test_a_fitted_head_is_reused_only_for_the_same_windows_parameters_and_code(tiny_model, with_train_split,
+                                                                                 monkeypatch, module):
+    with_train_split(tiny_dataset(TRAIN_IMAGES, seed=18))
+    evaluation = tiny_dataset(4, seed=19)
+    params = tiny_params(module, seeds=[3, 4], train_batch_size=4) if module is openvocab else tiny_params(module)
+    heads_per_run = 2 if module is openvocab else 1
+
+    def fitted(**overrides):
+        before = feature_cache.STATS["heads_fitted"]
+        metrics = run_head(module, tiny_model, evaluation, {**params, **overrides})
+        return metrics, feature_cache.STATS["heads_fitted"] - before
+
+    first, fits = fitted()
+    assert fits == heads_per_run
+    again, fits = fitted()
+    assert fits == 0 and again == first  # the same windows and parameters: the kept heads
+    with feature_cache.switched_off():
+        fresh, fits = fitted()
+    assert fits == heads_per_run and fresh == first  # fitting afresh gives what the cache served
+    changed = {"lr": 2e-3} if module is openvocab else {"l2": 2e-3}
+    assert fitted(**changed)[1] == heads_per_run
+    monkeypatch.setattr(heads, "HEAD_CODE_VERSION", heads.HEAD_CODE_VERSION + 1)
+    assert fitted()[1] == heads_per_run
+    other = tiny_dataset(TRAIN_IMAGES, seed=20)  # other training windows
+    with_train_split(other)
+    monkeypatch.undo()
+    assert fitted()[1] == heads_per_run

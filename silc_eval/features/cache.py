@@ -4,7 +4,10 @@ Image key parts: the model's weights (sha256), the dataset (fingerprint and spli
 preprocessing (a stable description of the transform), the normalisation and the
 precision. Text key parts: the model's weights (sha256), the sha256 of the token ids of every
 text in order (so the prompt set and the tokenizer are both part of the key) and the
-precision. An entry is two files under `cache_dir()/features`:
+precision. Segmentation tasks also keep here their training windows' features and labels (key: the
+windows' model, dataset, geometry and precision) and the heads they fit on them (machinery/heads.cached_fit;
+key: those windows, the task, its parameters, the seed and the head code's version). An entry is two files
+under `cache_dir()/features`:
 
 - `<key>.npy`: the float32 (N, D) array;
 - `<key>.json`: provenance (key parts, silc-eval version, creation time) and the data
@@ -47,8 +50,9 @@ SCHEMA = "silc-eval/feature-cache/v1"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
-# Counters tests and perf scripts read: images the model actually encoded, entries served, entries rebuilt.
-STATS = {"images_computed": 0, "texts_computed": 0, "hits": 0, "misses": 0, "rebuilt": 0}
+# Counters tests and perf scripts read: images and texts the model actually encoded, segmentation heads actually
+# fitted (machinery/heads.cached_fit), entries served, entries rebuilt.
+STATS = {"images_computed": 0, "texts_computed": 0, "heads_fitted": 0, "hits": 0, "misses": 0, "rebuilt": 0}
 
 
 def reset_stats() -> None:
@@ -235,7 +239,7 @@ def store(key: str, parts: dict[str, Any], array: np.ndarray) -> Path:
 def store_arrays(key: str, parts: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
     """Write named arrays (dtypes kept, uncompressed .npz) and their provenance under key; returns the data path."""
     buffer = io.BytesIO()
-    np.savez(buffer, **{name: np.ascontiguousarray(array) for name, array in arrays.items()})
+    np.savez(buffer, **{name: np.asarray(array, order="C") for name, array in arrays.items()})  # 0-d stays 0-d
     return _write(key, parts, buffer.getvalue(), {
         "shapes": {name: list(array.shape) for name, array in arrays.items()},
         "dtypes": {name: str(array.dtype) for name, array in arrays.items()}})

@@ -49,8 +49,12 @@ from silc_eval.machinery.windows import (
     short_side_size,
     window_boxes,
 )
+from silc_eval.models import dense
 
 POLY_POWER = 0.9  # mmseg's default poly learning-rate decay
+# Bumped whenever fitting a head from the same windows, labels and parameters gives another head: trained heads kept in
+# the feature cache (cached_fit) carry it in their key, so a change never serves a stale head.
+HEAD_CODE_VERSION = 1
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # windows (N, 3, h, w) -> features (N, gh, gw, D)
 
@@ -85,10 +89,12 @@ def training_params(min_steps: int = 1, weight_decay: float = 1e-4) -> dict[str,
 
 @dataclass
 class WindowCache:
-    """Frozen features (N, gh, gw, D) of N training windows (float16, CPU) and their labels (N, h, w) (CPU)."""
+    """Frozen features (N, gh, gw, D) of N training windows (float16, CPU) and their labels (N, h, w) (CPU), with the
+    feature cache's key parts of those windows (None when they are not cacheable)."""
 
     features: torch.Tensor
     labels: torch.Tensor
+    key_parts: dict | None = None
 
     def __len__(self) -> int:
         return self.features.shape[0]
@@ -147,10 +153,31 @@ def cache_features(model, dataset, feature_fn: FeatureFn, feature_name: str, par
         geometry = {name: params[name] for name in ("short_side", "window", "stride", "resize", "max_train_images")}
         if params.get("max_train_images") is not None:
             geometry["subset_seed"] = subset_seed
-        parts = feature_cache.window_key_parts(model, dataset, "train", feature_name, geometry,
-                                               precision_label(model, params["amp"]))
+        parts = feature_cache.window_key_parts(model, dataset, "train", f"{feature_name}@dense-code-{dense.CODE_VERSION}",
+                                               geometry, precision_label(model, params["amp"]))
     arrays = feature_cache.cached_arrays(parts, compute)
-    return WindowCache(torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["labels"]))
+    return WindowCache(torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["labels"]), parts)
+
+
+def cached_fit(head: nn.Module, cache: WindowCache, identity: dict, fit: Callable[[], dict[str, float]]
+               ) -> dict[str, float]:
+    """Return the summary numbers fit() gives after fitting head in place on cache's windows, or, when the same
+    windows (cache.key_parts), identity (what else decides the head: task, parameters, seed, text) and head code
+    (HEAD_CODE_VERSION) fitted it before, the summary kept with it in the feature cache, the head's state loaded
+    from there. The head ends in eval mode. Windows that are not cacheable, or the cache switched off: fit() runs."""
+    parts = None if cache.key_parts is None else {
+        "kind": "trained-head", "windows": cache.key_parts, "head_code": HEAD_CODE_VERSION, **identity}
+
+    def compute() -> dict[str, np.ndarray]:
+        summary = fit()
+        feature_cache.STATS["heads_fitted"] += 1
+        state = {f"state.{k}": v.detach().cpu().numpy() for k, v in head.state_dict().items()}
+        return {**state, **{f"summary.{k}": np.array([float(v)]) for k, v in summary.items()}}
+
+    arrays = feature_cache.cached_arrays(parts, compute)
+    head.load_state_dict({k[len("state."):]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("state.")})
+    head.eval()
+    return {k[len("summary."):]: float(v[0]) for k, v in arrays.items() if k.startswith("summary.")}
 
 
 def _compute_training_windows(model, dataset, feature_fn: FeatureFn, params: dict, progress: bool,

@@ -13,7 +13,9 @@ Splits: within one dataset, `unseen_classes` names the held-out classes; when th
 declaration's `train` block has its own classes (cross-dataset transfer), every training
 class is seen and each evaluation class whose first name is not a training class name
 is unseen. Metrics: mIoU over all classes, mIoU_seen, mIoU_unseen, hIoU = 2SU/(S+U).
-One decoder is trained per seed (`seeds`); the metrics are their mean, each seed's and their spread.
+One decoder is trained per seed (`seeds`); the metrics are their mean, each seed's and their spread. Trained
+decoders are kept in the feature cache beside the windows' features (machinery/heads.cached_fit): a run on the
+same windows, seen-class text, parameters and seed reuses them.
 Per-sample outcomes: per seed, image and class the four pixel counts, and which classes are unseen.
 Version 2: `seeds` (a list) replaces `seed`; the loss is computed by matrix products (same value).
 Version 3: positions off the training grid interpolated as zero-shot segmentation (version 2) does.
@@ -21,6 +23,7 @@ Version 3: positions off the training grid interpolated as zero-shot segmentatio
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -45,6 +48,7 @@ from silc_eval.machinery.segmentation_metrics import (
 from silc_eval.models.dense import VARIANTS
 
 NAME = "openvocab_segmentation"
+VERSION = 3
 PARAMS = {
     "unseen_classes": str_list([], doc="classes held out of training (within one dataset)"),
     "variant": choice("vanilla", VARIANTS, doc="dense variant of the frozen features"),
@@ -183,14 +187,19 @@ def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
     offsets = torch.zeros(dataset.num_classes, device=device)
     offsets[list(split.seen_eval_ids)] = float(params["seen_calibration"])
     decoders = []
+    text_sha256 = hashlib.sha256(np.ascontiguousarray(train_text.cpu().numpy()).tobytes()).hexdigest()
     for seed in params["seeds"]:
         decoder = heads.seeded_module(seed, lambda: heads.OpenVocabDecoder(
             cache.features.shape[-1], params["hidden_dim"], params["layers"], params["decoder"],
             params["temperature"])).to(device)
-        heads.train_head(decoder, cache,
-                         lambda head, features, labels: training_step(head, features, labels, train_text, text_names,
-                                                                      unseen_names),
-                         params, device, seed, progress)
+
+        def fit(decoder=decoder, seed=seed) -> dict[str, float]:
+            losses = heads.train_head(decoder, cache, lambda head, features, labels: training_step(
+                head, features, labels, train_text, text_names, unseen_names), params, device, seed, progress)
+            return {"final_loss": losses[-1]} if losses else {}
+
+        identity = {"task": f"{NAME} v{VERSION}", "params": dict(params), "seed": seed, "text_sha256": text_sha256}
+        heads.cached_fit(decoder, cache, identity, fit)
         decoders.append(heads.with_float_input(
             lambda features, decoder=decoder: decoder(features, eval_text) - offsets[:, None, None]))
     meters = heads.evaluate_heads(model, dataset, feature_fn, feature, decoders, params, progress,
@@ -201,7 +210,7 @@ def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
 
 
 TASK = Task(
-    name=NAME, version=3, params=PARAMS, splits=("train", "eval"), formats=("mmseg",), data_kind="segmentation",
+    name=NAME, version=VERSION, params=PARAMS, splits=("train", "eval"), formats=("mmseg",), data_kind="segmentation",
     metrics=(Metric("hIoU"), Metric("mIoU_seen"), Metric("mIoU_unseen"), *SEGMENTATION_METRICS, *SEED_METRICS),
     evaluate=evaluate, score=score, unit_statistics=segmentation_unit_statistics,
     description="light decoder on frozen dense features, trained on seen classes, scored on seen and unseen")
