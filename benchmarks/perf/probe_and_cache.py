@@ -1,9 +1,11 @@
 """Feature cache and probe speed: `silc-eval run` without / with a cold / with a warm feature cache,
 the share of each run spent in model forward passes, and the k-shot sweep on cached features.
 
-(a) For each --suite (and the optional --benchmark list), three fresh processes run the CLI:
+(a) For each --suite (and the optional --benchmark list), four fresh processes run the CLI:
     `off`  (SILC_EVAL_FEATURE_CACHE=off, the behaviour before the cache),
-    `cold` (cache on, empty features folder), `warm` (cache on, filled by `cold`).
+    `cold` (cache on, empty features folder),
+    `features` (cache on, filled by `cold`, its fitted segmentation heads removed: features cached, heads
+    fitted again), `warm` (cache on, features and fitted heads cached).
     Each prints its wall time and the time spent inside nn.Module forward calls (outermost
     call only, measured with global forward hooks: the image/text towers, dense variants'
     blocks, and any head the tasks train), which is the floor the cache attacks.
@@ -57,7 +59,8 @@ def child(argv: list[str]) -> None:
     wall = time.perf_counter() - started
     print("PERF " + json.dumps({"rc": code, "wall_s": wall, "forward_s": state["forward_s"],
                                 "images_computed": feature_cache.STATS["images_computed"],
-                                "cache_hits": feature_cache.STATS["hits"]}), flush=True)
+                                "cache_hits": feature_cache.STATS["hits"],
+                                "heads_fitted": feature_cache.STATS["heads_fitted"]}), flush=True)
 
 
 def linked_cache(real: Path, tmp: Path) -> Path:
@@ -71,8 +74,21 @@ def linked_cache(real: Path, tmp: Path) -> Path:
     return cache
 
 
+def remove_fitted_heads(cache: Path) -> int:
+    """Remove the fitted segmentation heads (entries of kind trained-head) from cache/features; return how many."""
+    removed = 0
+    for meta in (cache / "features").glob("*.json"):
+        if json.loads(meta.read_text()).get("key_parts", {}).get("kind") == "trained-head":
+            for path in (meta, meta.with_suffix(".npz"), meta.with_suffix(".npy")):
+                path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def run_cli(mode: str, cli_args: list[str], cache: Path) -> dict:
-    """Return the timings of one CLI run in a fresh process under a cache mode (off/cold/warm)."""
+    """Return the timings of one CLI run in a fresh process under a cache mode (off/cold/features/warm)."""
+    if mode == "features":
+        remove_fitted_heads(cache)
     env = {**os.environ, "SILC_EVAL_CACHE": str(cache), "SILC_EVAL_FEATURE_CACHE": "off" if mode == "off" else "on"}
     proc = subprocess.run([sys.executable, __file__, "--child", *cli_args], env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("PERF ")]
@@ -86,13 +102,15 @@ def measure_runs(label: str, cli_args: list[str], real_cache: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = linked_cache(real_cache, Path(tmp))
         results = {mode: run_cli(mode, cli_args + ["--output", f"{tmp}/out-{mode}"], cache)
-                   for mode in ("off", "cold", "warm")}
+                   for mode in ("off", "cold", "features", "warm")}
     print(f"\n(a) silc-eval run {label}")
-    print(f"    {'mode':<6} {'wall s':>8} {'forward s':>10} {'forward %':>10} {'images encoded':>15} {'cache hits':>11}")
+    print(f"    {'mode':<8} {'wall s':>8} {'forward s':>10} {'forward %':>10} {'images encoded':>15} {'cache hits':>11} "
+          f"{'heads fitted':>13}")
     for mode, r in results.items():
-        print(f"    {mode:<6} {r['wall_s']:8.1f} {r['forward_s']:10.1f} {100 * r['forward_s'] / r['wall_s']:9.0f}% "
-              f"{r['images_computed']:15d} {r['cache_hits']:11d}")
-    print(f"    warm vs off: {results['off']['wall_s'] / results['warm']['wall_s']:.2f}x faster")
+        print(f"    {mode:<8} {r['wall_s']:8.1f} {r['forward_s']:10.1f} {100 * r['forward_s'] / r['wall_s']:9.0f}% "
+              f"{r['images_computed']:15d} {r['cache_hits']:11d} {r['heads_fitted']:13d}")
+    print(f"    warm vs off: {results['off']['wall_s'] / results['warm']['wall_s']:.2f}x faster; warm vs features "
+          f"(heads fitted again): {results['features']['wall_s'] / results['warm']['wall_s']:.2f}x faster")
 
 
 def measure_sweep(model_spec: str, repeats: int) -> None:
