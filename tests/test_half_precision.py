@@ -14,6 +14,7 @@ from conftest import assert_fails_cleanly
 from silc_eval.cli import main
 from silc_eval.core.errors import UserError
 from silc_eval.features import cache as feature_cache
+from silc_eval.features import encode_images, precision_label
 from silc_eval.models import dense, load_model
 from silc_eval.models.dense import VARIANTS
 from silc_eval.models.loading import check_precision, load_open_clip
@@ -121,16 +122,26 @@ def test_the_record_says_fp16_and_a_precision_change_recomputes_without_cached_f
     capsys.readouterr()
     assert run_cli(output, tiny_model_dir, "--precision", "fp16") == 0
     assert "keeping 2 of 2 records" in capsys.readouterr().err
-    before = dict(feature_cache.STATS)
     assert run_cli(output, tiny_model_dir) == 0
     err = capsys.readouterr().err
     assert err.count("model precision fp16 -> fp32") == 2
-    assert feature_cache.STATS["images_computed"] > before["images_computed"]  # fp16 features never serve fp32
     full = {b: json.loads((folder / f"{b}.json").read_text()) for b in BENCHMARKS}
     assert all(r["model"]["precision"] == "fp32" for r in full.values())
     for benchmark, record in records.items():  # the same model: half precision moves scores a little
         main_metric = record["benchmark"]["main_metric"]
         assert abs(record["metrics"][main_metric] - full[benchmark]["metrics"][main_metric]) < 0.05
+
+
+def test_cached_features_are_keyed_by_precision(models, tiny_classification_dir):
+    half, full, _ = models
+    assert (precision_label(half, amp=False), precision_label(full, amp=False)) == ("fp16-weights", "fp32")
+    dataset = tiny_classification_dir.dataset(transform=half.preprocess)
+    keys = [feature_cache.key_parts(m, dataset, "eval", True, precision_label(m, False)) for m in (half, full)]
+    assert keys[0] is not None and keys[0] != keys[1]  # fp16 features are never served to an fp32 run
+    feature_cache.reset_stats()
+    served = [encode_images(m, dataset, progress=False) for m in (half, full, half)]
+    assert feature_cache.STATS["hits"] + feature_cache.STATS["misses"] == 3
+    assert torch.equal(served[0], served[2]) and not torch.equal(served[0], served[1])
 
 
 def test_a_record_without_precision_ran_in_fp32(tmp_path, tiny_model_dir, capsys):
