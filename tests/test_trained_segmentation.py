@@ -381,6 +381,9 @@ def test_a_fitted_head_is_reused_only_for_the_same_windows_parameters_and_code(t
     with feature_cache.switched_off():
         fresh, fits = fitted()
     assert fits == heads_per_run and fresh == first  # fitting afresh gives what the cache served
+    if module is openvocab:  # a seed's decoder is kept whatever other seeds ran beside it
+        alone, fits = fitted(seeds=[4])
+        assert fits == 0 and alone["hIoU"] == first["hIoU_seed4"]
     changed = {"lr": 2e-3} if module is openvocab else {"l2": 2e-3}
     assert fitted(**changed)[1] == heads_per_run
     monkeypatch.setattr(heads, "HEAD_CODE_VERSION", heads.HEAD_CODE_VERSION + 1)

@@ -198,7 +198,8 @@ def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
                 head, features, labels, train_text, text_names, unseen_names), params, device, seed, progress)
             return {"final_loss": losses[-1]} if losses else {}
 
-        identity = {"task": f"{NAME} v{VERSION}", "params": dict(params), "seed": seed, "text_sha256": text_sha256}
+        identity = {"task": f"{NAME} v{VERSION}", "params": {k: v for k, v in params.items() if k != "seeds"},
+                    "seed": seed, "text_sha256": text_sha256}  # a seed's decoder whatever other seeds run beside it
         heads.cached_fit(decoder, cache, identity, fit)
         decoders.append(heads.with_float_input(
             lambda features, decoder=decoder: decoder(features, eval_text) - offsets[:, None, None]))
