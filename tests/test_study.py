@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from silc_eval.core import resampling as rs
 from silc_eval.core.errors import UserError
 from silc_eval.core.records import read_samples, record_path
 from silc_eval.registry import task_contract
+from silc_eval.report.study_report import write_study_report
 from silc_eval.train import loop
 from silc_eval.train.study import load_study, merged
 
@@ -143,6 +145,13 @@ def test_study_trains_evaluates_reports_and_resumes_without_retraining(tmp_path,
         interval = rs.bootstrap_interval(rs.stack_seeds(stats), row["metric"])
         assert (float(row["ci_low"]), float(row["ci_high"])) == pytest.approx((interval.low, interval.high), abs=1e-6)
         assert float(row["ci_low"]) <= float(row["mean"]) <= float(row["ci_high"])
+
+    # A published copy (plan, records, cards; no weights) reports the same once the study's own folder is gone.
+    published = tmp_path / "published"
+    shutil.copytree(output, published, ignore=shutil.ignore_patterns("*.safetensors", ".*"))
+    shutil.rmtree(output)
+    write_study_report(published)
+    assert list(csv.DictReader((published / "study.csv").open())) == rows
 
 
 def test_stacked_seeds_average_the_seeds_and_resample_them():

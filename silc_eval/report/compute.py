@@ -47,10 +47,11 @@ def number(value: Any) -> float:
     return float(value)
 
 
-def model_compute(record: dict[str, Any], warn: Callable[[str], None]) -> dict[str, float]:
-    """Return {images_seen, training_flops} of the record's model from its card (NaN where unknown)."""
+def model_compute(record: dict[str, Any], warn: Callable[[str], None], card: Path | None = None) -> dict[str, float]:
+    """Return {images_seen, training_flops} of the record's model from its card (NaN where unknown): the card file
+    given when it exists (e.g. a published study's copy), else the card beside the record's model source."""
     empty = {column: math.nan for column in COMPUTE_COLUMNS}
-    path = card_path(record["model"]["source"])
+    path = card if card is not None and card.is_file() else card_path(record["model"]["source"])
     if path is None:
         return empty
     card, problem = read_card_softly(path)

@@ -3,7 +3,8 @@ its 95% interval over seeds and images; paired differences between recipes; scor
 when the study file declares one, the selection its rule makes (select_recipe).
 
 Reads only OUTPUT/study.json (which model is which recipe, budget and seed), the records and their
-sidecars under OUTPUT/results, and the models' cards (images seen, training FLOPs). For one
+sidecars under OUTPUT/results, and the models' cards (images seen, training FLOPs; OUTPUT/models/<name>/card.yaml,
+so a published copy holding only the cards reports the same). For one
 benchmark, a recipe's seeds are stacked into one UnitStatistics (core/resampling.stack_seeds): its
 value is the mean of the seeds' scores and every bootstrap replicate draws the images and the seeds
 with replacement, so the interval covers both. A trained-head task's own seeds are stacked with the
@@ -26,6 +27,7 @@ import numpy as np
 from silc_eval.core import resampling as rs
 from silc_eval.core.errors import UserError
 from silc_eval.core.io import atomic_write_bytes, atomic_write_text
+from silc_eval.models.zoo import CARD_FILE
 from silc_eval.report.compute import model_compute
 from silc_eval.report.intervals import record_statistics
 from silc_eval.report.records import load_result_records
@@ -62,7 +64,8 @@ def summarize(output: Path, resamples: int = rs.DEFAULT_RESAMPLES, seed: int = r
                 continue
             metric = found[0]["benchmark"]["main_metric"]
             stats = [record_statistics(output / "results", r) for r in found]
-            compute = [model_compute(r, lambda _: None) for r in found]
+            compute = [model_compute(r, lambda _: None, output / "models" / r["model"]["name"] / CARD_FILE)
+                       for r in found]
             if any(s is None for s in stats):
                 values = [r["metrics"].get(metric) for r in found]
                 interval = rs.Interval(float(np.nanmean([math.nan if v is None else v for v in values])),
