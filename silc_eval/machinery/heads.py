@@ -153,8 +153,9 @@ def cache_features(model, dataset, feature_fn: FeatureFn, feature_name: str, par
         geometry = {name: params[name] for name in ("short_side", "window", "stride", "resize", "max_train_images")}
         if params.get("max_train_images") is not None:
             geometry["subset_seed"] = subset_seed
-        parts = feature_cache.window_key_parts(model, dataset, "train", f"{feature_name}@dense-code-{dense.CODE_VERSION}",
-                                               geometry, precision_label(model, params["amp"]))
+        feature = f"{feature_name}@dense-code-{dense.CODE_VERSION}"
+        parts = feature_cache.window_key_parts(model, dataset, "train", feature, geometry,
+                                               precision_label(model, params["amp"]))
     arrays = feature_cache.cached_arrays(parts, compute)
     return WindowCache(torch.from_numpy(arrays["features"]), torch.from_numpy(arrays["labels"]), parts)
 

@@ -183,8 +183,8 @@ def select_recipe(rows: list[dict[str, Any]], rule: dict[str, Any], resamples: i
             continue
         shared = [b for b in dict.fromkeys(r["benchmark"] for r in at_budget)
                   if all(any(r["label"] == label and r["benchmark"] == b for r in at_budget) for label in labels)]
-        means = {label: float(np.mean([r["mean"] for r in at_budget if r["label"] == label and r["benchmark"] in shared]))
-                 for label in labels}
+        means = {label: float(np.mean([r["mean"] for r in at_budget
+                                       if r["label"] == label and r["benchmark"] in shared])) for label in labels}
         candidates = sorted((label for label in labels if label != baseline and label not in excluded),
                             key=lambda label: -means[label])
         if not candidates or not shared:
@@ -205,8 +205,8 @@ def render_selection(selections: list[dict[str, Any]], level: float) -> list[str
     for sel in selections:
         lines += ["", f"## Selection at {sel['budget_images']:,} images (the rule declared in the study file)", "",
                   f"Mean over the main metrics of {len(sel['benchmarks'])} benchmarks (%), every candidate ranked; the "
-                  f"best replaces the baseline ({sel['baseline']}) only when its paired {100 * level:g}% interval of the "
-                  f"difference in that mean lies above 0.", "", "| recipe | mean | role |", "|---|---:|---|"]
+                  f"best replaces the baseline ({sel['baseline']}) only when its paired {100 * level:g}% interval of "
+                  f"the difference in that mean lies above 0.", "", "| recipe | mean | role |", "|---|---:|---|"]
         for label, mean in sorted(sel["means"].items(), key=lambda item: -item[1]):
             role = "baseline" if label == sel["baseline"] else ("best candidate" if label == sel["best"] else
                                                                "candidate" if label in sel["ranking"] else "excluded")

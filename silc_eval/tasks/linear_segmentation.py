@@ -9,8 +9,8 @@ solved (L-BFGS, convex_probe.py) instead of trained by stochastic steps, and no 
 starts from the solution of the same probe with nearest- instead of bilinear-upsampled logits (a
 problem 64x cheaper per pass on 8x8-pixel patches), which needs 2-3x fewer passes over the pixels.
 The solved probe is kept in the feature cache beside the windows' features (machinery/heads.cached_fit), so
-a run on the same windows with the same parameters reuses it. Evaluation slides windows over the validation images exactly as zero-shot segmentation does
-and reports mmseg's mIoU, mAcc, aAcc and per-class IoU.
+a run on the same windows with the same parameters reuses it. Evaluation slides windows over the validation
+images exactly as zero-shot segmentation does and reports mmseg's mIoU, mAcc, aAcc and per-class IoU.
 Per-sample outcomes: per image and class the intersection, union, predicted and label counts.
 Version 3: the probe is solved to its optimum (was: BatchNorm + conv trained by 500 AdamW steps
 per seed, which stopped short of it); `l2`, `max_iterations` and `tolerance` replace the
