@@ -41,8 +41,9 @@ def make_record(model, benchmark, evaluation, device: str) -> dict[str, Any]:
 
 
 def model_entry(model) -> dict[str, Any]:
-    """Return the record's model section: identity, family, precision (models/loading.py PRECISIONS), and (where the model states them) its preprocessing and
-    logit scale (Hugging Face models: read from the folder's processor and weights)."""
+    """Return the record's model section: identity, family, precision (models/loading.py PRECISIONS), and (where
+    the model states them) its preprocessing and logit scale (Hugging Face models: read from the folder's processor
+    and weights)."""
     entry = {"name": model.name, "sha256": model.sha256, "source": model.source, "architecture": model.architecture,
              "family": getattr(model, "family", "open_clip"), "precision": getattr(model, "precision", "fp32")}
     preprocessing = getattr(model, "preprocessing", None)

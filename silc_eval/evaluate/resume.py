@@ -28,7 +28,8 @@ from silc_eval.models.loading import find_weights_file, parse_model_spec
 from silc_eval.registry import Benchmark
 from silc_eval.report.records import read_one
 
-RESUME_INPUTS = "model sha256, precision and preprocessing, dataset fingerprint, protocol, task version, data and model package versions"
+RESUME_INPUTS = ("model sha256, precision and preprocessing, dataset fingerprint, protocol, task version, data and "
+                 "model package versions")
 
 
 @dataclass
