@@ -154,6 +154,42 @@ def test_study_trains_evaluates_reports_and_resumes_without_retraining(tmp_path,
     assert list(csv.DictReader((published / "study.csv").open())) == rows
 
 
+def test_a_run_whose_recipe_changed_is_trained_again(tmp_path, study_file, monkeypatch):
+    study = yaml.safe_load(study_file.read_text())
+    study.update(seeds=[0], budgets=[16])
+    study_file.write_text(yaml.safe_dump(study))
+    output = tmp_path / "out"
+    trained = []
+    original = loop.train
+
+    def counting(recipe, folder, **kwargs):
+        trained.append(folder.name)
+        return original(recipe, folder, **kwargs)
+
+    monkeypatch.setattr(loop, "train", counting)
+    assert main(["study", str(study_file), "--output", str(output), "--no-progress", "--train-only"]) == 0
+    assert sorted(trained) == ["a-16-s0", "b-16-s0"]
+    trained.clear()
+    study["recipes"]["b"]["set"]["optim"]["lr"] = 3e-3
+    study_file.write_text(yaml.safe_dump(study))
+    assert main(["study", str(study_file), "--output", str(output), "--no-progress", "--train-only"]) == 0
+    assert trained == ["b-16-s0"]
+    assert yaml.safe_load((output / "models" / "b-16-s0" / "card.yaml").read_text())["training"]["optim"]["lr"] == 3e-3
+
+    # A card written before cards carried the recipe hash is matched by its objective, optimiser and seed.
+    trained.clear()
+    card_path = output / "models" / "a-16-s0" / "card.yaml"
+    card = yaml.safe_load(card_path.read_text())
+    del card["training"]["weights_hash"]
+    card_path.write_text(yaml.safe_dump(card))
+    assert main(["study", str(study_file), "--output", str(output), "--no-progress", "--train-only"]) == 0
+    assert trained == []
+    card["training"]["seed"] = 5
+    card_path.write_text(yaml.safe_dump(card))
+    assert main(["study", str(study_file), "--output", str(output), "--no-progress", "--train-only"]) == 0
+    assert trained == ["a-16-s0"]
+
+
 def test_stacked_seeds_average_the_seeds_and_resample_them():
     rng = np.random.default_rng(0)
     correct = [rng.random((50, 1, 1)) < p for p in (0.3, 0.7)]

@@ -58,6 +58,7 @@ from silc_eval.train.state import (
     promote_pending,
     recipe_hash,
     save_state,
+    trained_weights_hash,
     write_error,
 )
 from silc_eval.train.tokenizer import save_word_tokenizer
@@ -506,7 +507,8 @@ def make_card(name: str, recipe, config, student, objective, weights: Path, data
         "parameters": sum(p.numel() for p in student.clip.parameters()),
         "weights": {"file": WEIGHTS_FILE, "sha256": file_sha256(weights)},
         "training": {
-            "recipe": recipe["name"], "objective": recipe["objective"], "seed": recipe["seed"],
+            "recipe": recipe["name"], "weights_hash": trained_weights_hash(recipe), "objective": recipe["objective"],
+            "seed": recipe["seed"],
             "optim": recipe["optim"], "data": data_info, "steps": run["step"], "epochs_started": run["epoch"] + 1,
             "samples_skipped": run["skipped"], **objective.card_info(),
             **({"schedule_changes": run["schedule_changes"]} if run.get("schedule_changes") else {}),

@@ -42,6 +42,18 @@ def recipe_hash(recipe: dict[str, Any]) -> str:
     return _hash(relevant)
 
 
+NOT_SHAPING = ("file", "description", "name", "eval_suite")  # recipe keys that leave the trained weights as they are
+NOT_SHAPING_OPTIM = ("log_every", "eval_every", "checkpoint_every")
+
+
+def trained_weights_hash(recipe: dict[str, Any]) -> str:
+    """Return a short hash of everything in a recipe that shapes the trained weights (not its name, description,
+    evaluation or logging): two recipes with the same hash train the same model."""
+    relevant = {k: v for k, v in recipe.items() if k not in NOT_SHAPING}
+    relevant["optim"] = {k: v for k, v in relevant["optim"].items() if k not in NOT_SHAPING_OPTIM}
+    return _hash(relevant)
+
+
 def legacy_recipe_hash(recipe: dict[str, Any]) -> str:
     """Return the hash that states written before the learning rate could change on resume carry."""
     relevant = {k: v for k, v in recipe.items() if k not in ("file", "description")}

@@ -21,8 +21,9 @@ The study file (YAML):
 Every run (recipe label x budget x seed) gets a recipe file written under OUTPUT/recipes (the
 named recipe with the study's and the run's `set` merged in, its seed and steps, no evaluation
 during training), a model under OUTPUT/models/<label>-<budget>-s<seed>, and its records under
-OUTPUT/results. The command resumes: a model whose card exists is not trained again (an
-interrupted one resumes from its own checkpoint), and the evaluation keeps every record whose
+OUTPUT/results. The command resumes: a model whose card exists and was trained from the run's recipe
+as it reads now is not trained again (one whose recipe changed is trained afresh; an interrupted
+one resumes from its own checkpoint), and the evaluation keeps every record whose
 inputs are unchanged. Runs go seed by seed (every recipe and budget of the first seed, then the
 next), and each seed's round ends with the evaluation and the report, so a study cut short
 already compares every recipe. OUTPUT/study.json maps each model to its label, budget and seed; the
@@ -44,7 +45,7 @@ from silc_eval.core.errors import UserError
 from silc_eval.core.io import atomic_write_text
 from silc_eval.core.log import log
 from silc_eval.core.schema import check_keys, load_yaml_mapping
-from silc_eval.models.zoo import CARD_FILE
+from silc_eval.models.zoo import CARD_FILE, read_card
 from silc_eval.registry import resolve_benchmarks, resolve_suite
 from silc_eval.train.recipe import available_recipes, load_recipe, recipes_dir
 
@@ -179,6 +180,17 @@ def run_recipe(run: StudyRun, folder: Path) -> dict[str, Any]:
     return load_recipe(str(path))
 
 
+def trained_from(card: dict, recipe: dict[str, Any]) -> bool:
+    """Return whether a card's model was trained from this recipe: the same weights hash (state.py), or for a
+    card written before cards carried it, the same objective, optimiser settings and seed."""
+    from silc_eval.train.state import trained_weights_hash
+
+    training = card.get("training") or {}
+    if "weights_hash" in training:
+        return training["weights_hash"] == trained_weights_hash(recipe)
+    return all(training.get(key) == recipe.get(key) for key in ("objective", "optim", "seed"))
+
+
 def write_plan(study: Study, output: Path) -> None:
     """Write OUTPUT/study.json: the study's name, benchmarks and every run's model, label, budget and seed."""
     plan = {"name": study.name, "description": study.description, "benchmarks": list(study.benchmarks),
@@ -208,10 +220,11 @@ def run_study(study_file: Path, output: Path, device: str = "cpu", progress: boo
         for one in [r for r in study.runs if r.seed == seed]:
             model = output / "models" / one.model_name
             recipe = run_recipe(one, output / "recipes")
-            if (model / CARD_FILE).is_file():
+            changed = (model / CARD_FILE).is_file()
+            if changed and trained_from(read_card(model / CARD_FILE), recipe):
                 continue
             log(f"study {study.name}: training {one.model_name} (seed {round_number} of {len(seeds)}, "
-                f"{recipe['optim']['steps']} steps)")
+                f"{recipe['optim']['steps']} steps)" + ("; its recipe changed since it was trained" if changed else ""))
             train(recipe, model, device=device, evaluate=False, progress=progress)
         if train_only:
             continue
