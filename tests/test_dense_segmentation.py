@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from silc_eval.core.errors import UserError
 from silc_eval.machinery.dense_segmentation import class_probabilities, predict_classes
-from silc_eval.machinery.windows import short_side_size, slide_logits, window_boxes
+from silc_eval.machinery.windows import short_side_size, slide_boxes, slide_logits, window_boxes, window_chunks
 from silc_eval.models.dense import VARIANTS, check_variant, dense_features, neighbourhood_bias, patch_tokens
 from silc_eval.models.vit import forward_any_size
 
@@ -184,3 +184,33 @@ def test_area_threshold_zeroes_small_foreground_classes():
     assert predict_classes(probs, area_thd=0.05)[0, 9] == 2
     assert predict_classes(probs, area_thd=0.2)[0, 9] == 0
     assert predict_classes(probs, area_thd=0.2)[0, :9].eq(1).all()
+
+
+def loop_over_windows(sizes, logits_fn, window, stride, batch_size, output_sizes):
+    """Reference: every window added to its image's sum one at a time, in window_chunks order."""
+    sums, counts = [None] * len(sizes), [torch.zeros(size) for size in sizes]
+    for shape, chunk in window_chunks(sizes, window, stride, batch_size):
+        logits = F.interpolate(logits_fn(chunk), size=shape, mode="bilinear", align_corners=False)
+        for (i, (t, b, l, r)), window_logits in zip(chunk, logits):
+            if sums[i] is None:
+                sums[i] = window_logits.new_zeros((window_logits.shape[0], *sizes[i]))
+            sums[i][:, t:b, l:r] += window_logits
+            counts[i][t:b, l:r] += 1
+    return [F.interpolate((total / count)[None], size=out, mode="bilinear", align_corners=False)[0]
+            if tuple(out) != tuple(size) else total / count
+            for total, count, size, out in zip(sums, counts, sizes, output_sizes)]
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 64])
+def test_summing_images_of_one_size_together_equals_a_loop_over_windows(batch_size):
+    sizes = [(48, 72), (40, 40), (48, 72), (33, 70), (48, 72), (40, 40)]
+    outputs = [(96, 144), (40, 40), (50, 70), (33, 70), (96, 144), (80, 80)]
+    patches = {}
+
+    def logits_fn(chunk):  # the same random logits for a window whatever chunk it comes in
+        return torch.stack([patches.setdefault(item, torch.randn(7, 4, 4)) for item in chunk])
+
+    fast = slide_boxes(sizes, logits_fn, window=32, stride=16, batch_size=batch_size, output_sizes=outputs)
+    slow = loop_over_windows(sizes, logits_fn, 32, 16, batch_size, outputs)
+    for a, b, out in zip(fast, slow, outputs):
+        assert a.shape == (7, *out) and torch.equal(a, b)

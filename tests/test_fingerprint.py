@@ -2,6 +2,7 @@
 
 import hashlib
 import os
+from pathlib import Path
 
 from silc_eval.core import fingerprint
 
@@ -38,3 +39,17 @@ def test_a_corrupt_memo_only_costs_a_rehash(tmp_path, monkeypatch):
     memo.write_text('{"path": "%s", "size": 3, "mtime_ns": %d, "sha256": "short"}' % (weights.resolve(),
                                                                                    weights.stat().st_mtime_ns))
     assert fingerprint.remembered_sha256(weights) == digest
+
+
+def test_files_resolve_as_path_resolve_does(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "sub").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    for name in ("a.jpg", "b.jpg"):
+        (tmp_path / "data" / "sub" / name).write_bytes(b"x")
+    (tmp_path / "elsewhere" / "c.jpg").write_bytes(b"yy")
+    os.symlink(tmp_path / "elsewhere" / "c.jpg", tmp_path / "data" / "sub" / "c.jpg")  # a linked file
+    os.symlink(tmp_path / "data", tmp_path / "linked")  # a linked folder
+    files = ["data/sub/a.jpg", tmp_path / "linked" / "sub" / "b.jpg", "linked/sub/../sub/c.jpg",
+             tmp_path / "data" / "sub" / "missing.jpg"]
+    assert fingerprint.resolved_paths(files) == [Path(f).resolve() for f in files]

@@ -218,3 +218,30 @@ def test_task_runs_on_a_model_with_cached_features(tiny_model, tiny_classificati
     assert set(first) == {f"acc1_{s}_{m}" for s in ("full", "1shot") for m in ("mean", "std")}
     assert all(0 <= v <= 1 for v in first.values())
     assert all(0 <= ridge[f"acc1_{s}_mean"] <= 1 for s in ("full", "1shot", "2shot"))
+
+
+def test_fitted_probes_are_served_from_the_cache_exactly(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("SILC_EVAL_CACHE", str(tmp_path / "cache"))
+    x, y = gaussian_features(3, 6, 4, seed=1)
+    x_te, y_te = gaussian_features(3, 5, 4, seed=2)
+    params = {**linear_probe.TASK.default_params, "shots": ["full", 1, 10], "seeds": [0, 1], "epochs": 2}
+    fits = []
+    original = linear_probe.probe_outcomes
+    monkeypatch.setattr(linear_probe, "probe_outcomes", lambda *a, **k: fits.append(1) or original(*a, **k))
+
+    first = linear_probe.cached_outcomes(x, y, x_te, y_te, 3, params)
+    assert "10shot not run" in capsys.readouterr().err
+    again = linear_probe.cached_outcomes(x, y, x_te, y_te, 3, params)
+    assert len(fits) == 1 and "10shot not run" in capsys.readouterr().err  # the shortfall is said on a hit too
+    fresh = original(x, y, x_te, y_te, 3, params)
+    for key in ("target", "predictions", "shots", "seeds"):
+        assert np.array_equal(first[key], fresh[key]) and np.array_equal(again[key], fresh[key])
+
+    linear_probe.cached_outcomes(x, y, x_te, y_te, 3, {**params, "seeds": [0]})  # another parameter
+    linear_probe.cached_outcomes(x + 1e-3, y, x_te, y_te, 3, params)  # other features
+    monkeypatch.setattr(linear_probe, "FIT_CODE_VERSION", linear_probe.FIT_CODE_VERSION + 1)
+    linear_probe.cached_outcomes(x, y, x_te, y_te, 3, params)
+    assert len(fits) == 4
+    with feature_cache.switched_off():
+        linear_probe.cached_outcomes(x, y, x_te, y_te, 3, params)
+    assert len(fits) == 5

@@ -389,3 +389,33 @@ def test_class_order_matches_mmseg_metainfo():
     voc = [names[0] for names in load_class_file("benchmarks:classes/voc21.txt", Path("."))]
     renamed = {0: "background", 4: "boat", 11: "diningtable", 20: "tvmonitor"}  # SCLIP's wording differs here
     assert squash([renamed.get(i, n) for i, n in enumerate(voc)]) == squash(reference["PascalVOCDataset"])
+
+
+def test_label_maps_are_decoded_once_and_again_when_the_file_changes(tmp_path, monkeypatch):
+
+    write_image(tmp_path / "img" / "a.jpg", 0)
+    written = write_label(tmp_path / "ann" / "a.png", [0, 1, 2, 255])
+    dataset = segmentation_dataset(toy(tmp_path), tmp_path)
+    decoded = []
+    original = SegmentationDataset._decode_label
+    monkeypatch.setattr(SegmentationDataset, "_decode_label",
+                        lambda self, i, size: decoded.append(i) or original(self, i, size))
+    first = dataset.label(0)
+    assert torch.equal(first, torch.from_numpy(written.astype(np.int64))) and first.dtype == torch.int64
+    first[:] = 0  # a caller's change does not reach the next reader
+    again = segmentation_dataset(toy(tmp_path), tmp_path)  # another task of the same run
+    assert torch.equal(again[0][1], torch.from_numpy(written.astype(np.int64))) and decoded == [0]
+    rewritten = write_label(tmp_path / "ann" / "a.png", [2, 1])
+    assert torch.equal(dataset.label(0), torch.from_numpy(rewritten.astype(np.int64))) and decoded == [0, 0]
+
+
+def test_the_file_memo_keeps_the_recently_used_within_its_bytes(tmp_path):
+    from silc_eval.data.segmentation import FileMemo
+
+    memo = FileMemo(max_bytes=10)
+    for name in "abc":
+        memo.put((name,), name.upper(), 4)
+        memo.get(("a",))
+    assert memo.get(("a",))[0] == "A" and memo.get(("b",)) is None and memo.get(("c",))[0] == "C"
+    memo.put(("big",), "X", 11)
+    assert memo.get(("big",)) is None and memo.used == 8

@@ -50,6 +50,21 @@ def remembered_sha256(path: Path) -> str:
     return digest
 
 
+def resolved_paths(files: Iterable[Path]) -> list[Path]:
+    """Return each file's Path.resolve(), resolving each folder once: a file that is no symbolic link resolves
+    to its resolved folder joined with its name (a dataset of 50k images costs one lstat per file)."""
+    folders: dict[Path, Path] = {}
+    out = []
+    for file in files:
+        path = Path(file)
+        folder = folders.get(path.parent)
+        if folder is None:
+            folder = folders[path.parent] = path.parent.resolve()
+        joined = folder / path.name
+        out.append(joined.resolve() if path.name in ("", ".", "..") or os.path.islink(joined) else joined)
+    return out
+
+
 def fingerprint_files(files: Iterable[Path], root: Path | None = None, full_content: bool = False) -> str:
     """Return a 16-hex-digit fingerprint of files, named relative to root.
 
@@ -57,7 +72,7 @@ def fingerprint_files(files: Iterable[Path], root: Path | None = None, full_cont
     Text and annotation files are always hashed by content; other files by their
     relative name and byte size, or by content too when full_content is true.
     """
-    paths = sorted(Path(f).resolve() for f in files)
+    paths = sorted(resolved_paths(files))
     root = Path(root).resolve() if root is not None else Path(os.path.commonpath(paths)) if paths else Path("/")
     digest = hashlib.sha256()
     for path in paths:

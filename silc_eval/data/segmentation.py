@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,45 @@ OPTIONAL_KEYS = {"split_file", "image_suffix", "annotation_suffix", "templates",
 # Keys of the optional `train` mapping; what it leaves out is taken from the top level.
 TRAIN_REQUIRED = {"images", "annotations"}
 TRAIN_OPTIONAL = {"split_file", "classes", "num_classes", "image_suffix", "annotation_suffix", "reduce_zero_label"}
+
+
+LABEL_MEMO_BYTES = 512 * 2 ** 20
+
+
+class FileMemo:
+    """Values derived from files, keyed by each file's identity (path, byte size, modification time) and the
+    settings that derived them; the least recently used go beyond max_bytes. Every model and task of a run
+    reads a label map once; a file that changes on disk is read again."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.used, self.items = max_bytes, 0, OrderedDict()
+
+    @staticmethod
+    def key(path: Path, *settings) -> tuple:
+        """Return the memo key of path as it is on disk now, with settings."""
+        stat = os.stat(path)
+        return (str(path), stat.st_size, stat.st_mtime_ns, *settings)
+
+    def get(self, key: tuple):
+        """Return the value stored under key (None when absent), marking it recently used."""
+        value = self.items.get(key)
+        if value is not None:
+            self.items.move_to_end(key)
+        return value
+
+    def put(self, key: tuple, value, nbytes: int) -> None:
+        """Store value (nbytes large) under key, dropping the least recently used beyond max_bytes."""
+        if nbytes > self.max_bytes:
+            return
+        self.items[key] = (value, nbytes)
+        self.used += nbytes
+        while self.used > self.max_bytes:
+            _, (_, dropped) = self.items.popitem(last=False)
+            self.used -= dropped
+
+
+_LABELS = FileMemo(LABEL_MEMO_BYTES)  # checked label maps, stored as int32
+_IMAGE_SIZES = FileMemo(LABEL_MEMO_BYTES)  # (width, height) from an image's header
 
 
 def resolve_class_file(value: str, root: Path) -> Path:
@@ -232,6 +273,19 @@ class SegmentationDataset(Dataset):
         """Return the checked int64 (H, W) label of sample index; size is its image's (width, height)."""
         path = self.annotation_paths[index]
         try:
+            key = FileMemo.key(path, size, self.num_classes, self.ignore_index, self.reduce_zero_label)
+        except OSError as exc:
+            raise UserError(f"cannot read annotation {path}: {exc}") from None
+        stored = _LABELS.get(key)
+        if stored is None:
+            label = self._decode_label(index, size).to(torch.int32)
+            _LABELS.put(key, label, label.numel() * label.element_size())
+            return label.long()
+        return stored[0].long()
+
+    def _decode_label(self, index: int, size: tuple[int, int]) -> torch.Tensor:
+        path = self.annotation_paths[index]
+        try:
             with Image.open(path) as img:
                 raw = np.array(img)
         except OSError as exc:
@@ -258,11 +312,15 @@ class SegmentationDataset(Dataset):
         """Return the checked int64 (H, W) label of sample index without decoding its image (only its header)."""
         path = self.image_paths[index]
         try:
-            with Image.open(path) as img:
-                size = img.size
+            key = FileMemo.key(path)
+            stored = _IMAGE_SIZES.get(key)
+            if stored is None:
+                with Image.open(path) as img:
+                    _IMAGE_SIZES.put(key, img.size, 64)
+                    stored = (img.size, 64)
         except OSError as exc:
             raise UserError(f"cannot read image {path}: {exc}") from None
-        return self.read_label(index, size)
+        return self.read_label(index, stored[0])
 
     def __getitem__(self, index: int):
         """Return (uint8 RGB image (3, H, W), int64 label (H, W), index) of sample index."""

@@ -38,7 +38,7 @@ from silc_eval.core.labels import IGNORE_INDEX
 from silc_eval.core.params import Param, boolean, choice, int_list, integer, number
 from silc_eval.features import autocast_context, precision_label
 from silc_eval.features import cache as feature_cache
-from silc_eval.machinery.dense_segmentation import image_batches
+from silc_eval.machinery.dense_segmentation import class_map, image_batches
 from silc_eval.machinery.segmentation_metrics import SegmentationMeter
 from silc_eval.machinery.window_features import HeadFn, images_per_step, slid_meters, window_features
 from silc_eval.machinery.windows import (
@@ -328,7 +328,7 @@ def evaluate_heads(model, dataset, feature_fn: FeatureFn, feature_name: str, hea
     segmentation slides (and shards) its windows.
     """
     features = window_features(model, dataset, feature_fn, feature_name, params, "eval", progress, desc)
-    return slid_meters(features, dataset, heads, lambda logits: logits.argmax(dim=0), params, model.device,
+    return slid_meters(features, dataset, heads, class_map, params, model.device,
                        progress, desc)
 
 

@@ -34,13 +34,14 @@ def confusion_matrix(prediction: torch.Tensor, label: torch.Tensor, num_classes:
     Pixels whose label is ignore_index are skipped; stray predictions count towards the
     label's area only, as mmseg's histograms do.
     """
-    label, prediction = label.reshape(-1).long(), prediction.reshape(-1).long()
-    valid = label != ignore_index
-    label, prediction = label[valid], prediction[valid]
-    in_range = (prediction >= 0) & (prediction < num_classes)
-    matrix = torch.bincount(label[in_range] * num_classes + prediction[in_range], minlength=num_classes ** 2)
-    matrix = matrix.reshape(num_classes, num_classes)
-    stray = torch.bincount(label[~in_range], minlength=num_classes)[:num_classes]
+    # One bincount over a (C + 1) x (C + 1) grid: row C gathers the skipped pixels (ignore_index; the readers
+    # check that every other label lies in [0, C)), column C the stray predictions.
+    label, prediction = label.reshape(-1), prediction.reshape(-1)
+    rows = torch.where((label != ignore_index) & (label >= 0) & (label < num_classes), label, num_classes).long()
+    cols = torch.where((prediction >= 0) & (prediction < num_classes), prediction, num_classes).long()
+    grid = torch.bincount(rows * (num_classes + 1) + cols, minlength=(num_classes + 1) ** 2)
+    grid = grid.reshape(num_classes + 1, num_classes + 1)
+    matrix, stray = grid[:num_classes, :num_classes], grid[:num_classes, num_classes]
     return matrix, stray
 
 

@@ -118,6 +118,14 @@ def window_chunks(sizes: Sequence[tuple[int, int]], window: int, stride: int,
             yield shape, group[start:start + batch_size]
 
 
+def _as_index(positions: list[int]) -> slice | list[int]:
+    """Return positions as a slice when they step evenly (a view, no copy), else as the list."""
+    step = positions[1] - positions[0] if len(positions) > 1 else 1
+    if step > 0 and all(b - a == step for a, b in zip(positions, positions[1:])):
+        return slice(positions[0], positions[-1] + 1, step)
+    return positions
+
+
 def slide_boxes(sizes: Sequence[tuple[int, int]], logits_fn: Callable[[Sequence[tuple[int, Box]]], torch.Tensor],
                 window: int, stride: int, batch_size: int,
                 output_sizes: Sequence[tuple[int, int]] | None = None, device=None) -> list[torch.Tensor]:
@@ -126,24 +134,37 @@ def slide_boxes(sizes: Sequence[tuple[int, int]], logits_fn: Callable[[Sequence[
     logits_fn maps up to batch_size (image index, box) pairs whose boxes share one shape to the
     patch-level logits (n, Q, gh, gw) of those windows; each is upsampled bilinearly to its box,
     overlaps are averaged, and each image's result is upsampled to output_sizes[i] when given.
+    Images of one size are summed together, one addition per box and batch, each pixel's windows
+    added in box order as a loop over the windows would.
     """
-    sums: list[torch.Tensor | None] = [None] * len(sizes)
-    counts = [torch.zeros(size, device=device) for size in sizes]
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for index, size in enumerate(sizes):
+        by_size.setdefault(tuple(size), []).append(index)
+    slot = {index: (size, k) for size, members in by_size.items() for k, index in enumerate(members)}
+    sums: dict[tuple[int, int], torch.Tensor] = {}
     for shape, chunk in window_chunks(sizes, window, stride, batch_size):
         logits = F.interpolate(logits_fn(chunk).float(), size=shape, mode="bilinear", align_corners=False)
-        for (i, (t, b, l, r)), window_logits in zip(chunk, logits):
-            if sums[i] is None:
-                sums[i] = window_logits.new_zeros((window_logits.shape[0], *sizes[i]))
-            sums[i][:, t:b, l:r] += window_logits
-            counts[i][t:b, l:r] += 1
-    results = []
-    for i, total in enumerate(sums):
-        averaged = total / counts[i].to(total.device)
-        if output_sizes is not None and tuple(output_sizes[i]) != tuple(averaged.shape[-2:]):
-            averaged = F.interpolate(averaged[None], size=tuple(output_sizes[i]), mode="bilinear",
-                                     align_corners=False)[0]
-        results.append(averaged)
-    return results
+        groups: dict[tuple, tuple[list[int], list[int]]] = {}
+        for row, (index, box) in enumerate(chunk):
+            size, k = slot[index]
+            slots, rows = groups.setdefault((size, box), ([], []))
+            slots.append(k)
+            rows.append(row)
+        for (size, (t, b, l, r)), (slots, rows) in sorted(groups.items()):  # box order: top, then left
+            if size not in sums:
+                sums[size] = logits.new_zeros((len(by_size[size]), logits.shape[1], *size))
+            sums[size][_as_index(slots), :, t:b, l:r] += logits[_as_index(rows)]
+    averaged: list[torch.Tensor | None] = [None] * len(sizes)
+    for size, members in by_size.items():
+        counts = torch.zeros(size, device=sums[size].device)
+        for t, b, l, r in window_boxes(*size, window, stride):
+            counts[t:b, l:r] += 1
+        for k, (index, mean) in enumerate(zip(members, sums[size] / counts)):
+            target = tuple(output_sizes[index]) if output_sizes is not None else size
+            if target != size:
+                mean = F.interpolate(mean[None], size=target, mode="bilinear", align_corners=False)[0]
+            averaged[index] = mean
+    return averaged
 
 
 @functools.lru_cache(maxsize=64)

@@ -15,8 +15,9 @@ Per-sample outcomes: per shot setting, per seed, per test image the predicted cl
 
 from __future__ import annotations
 
+import hashlib
 import math
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 import torch
@@ -26,12 +27,16 @@ from silc_eval.core.errors import UserError
 from silc_eval.core.log import note
 from silc_eval.core.params import boolean, choice, custom, int_list, integer, number
 from silc_eval.core.resampling import UnitStatistics, ratio
+from silc_eval.features import cache as feature_cache
 from silc_eval.features import encode_images
 from silc_eval.machinery import probes as pt
 
 PROTOCOLS = ("logistic", "ridge")
 DEFAULT_SHOTS = {"logistic": ["full", 1, 2, 5, 10, 25], "ridge": [1, 5, 10, 25]}
 NOT_RUN = -1  # the prediction stored for a shot setting that could not run
+# Bumped whenever fitting the probes on the same features and parameters gives other predictions: the predictions
+# kept in the feature cache (cached_predictions) carry it in their key, so a change never serves stale ones.
+FIT_CODE_VERSION = 1
 
 
 def _valid_shots(value) -> bool:
@@ -104,12 +109,12 @@ def _ridge_run(shot, seed: int, x_tr, y_tr, x_te, num_classes: int, params: Mapp
 
 
 def probe_outcomes(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, y_te: torch.Tensor,
-                   num_classes: int, params: Mapping) -> dict[str, np.ndarray]:
+                   num_classes: int, params: Mapping, report: Callable[[str], None] = note) -> dict[str, np.ndarray]:
     """Return the per-sample outcomes of every shot setting and seed on precomputed features:
     target (N,), predictions (shots, seeds, N) (NOT_RUN where a setting could not run), shots, seeds.
 
-    A shot count some class cannot supply (for any seed) is not run, with one stderr line; if no
-    setting can run at all, a UserError.
+    A shot count some class cannot supply (for any seed) is not run, with one line through report (stderr);
+    if no setting can run at all, a UserError.
     """
     shots, seeds = shot_list(params), list(params["seeds"])
     run = _logistic_run if params["protocol"] == "logistic" else _ridge_run
@@ -118,7 +123,7 @@ def probe_outcomes(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, y
         try:
             rows = [run(shot, seed, x_tr, y_tr, x_te, num_classes, params).cpu().numpy() for seed in seeds]
         except pt.InsufficientShots as exc:
-            note(f"linear_probe {shot_name(shot)} not run: {exc}")
+            report(f"linear_probe {shot_name(shot)} not run: {exc}")
             continue
         predictions[i] = np.stack(rows)
     if (predictions[:, 0, :1] == NOT_RUN).all():
@@ -126,6 +131,36 @@ def probe_outcomes(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, y
                         f"per class; expected at least max(shots) per class (plus the validation carve for logistic)")
     return {"target": y_te.cpu().numpy().astype(np.int32), "predictions": predictions,
             "shots": np.array([str(s) for s in shots]), "seeds": np.array(seeds, dtype=np.int64)}
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def cached_outcomes(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, y_te: torch.Tensor,
+                    num_classes: int, params: Mapping) -> dict[str, np.ndarray]:
+    """Return probe_outcomes, the predictions served from the feature cache when probes were fitted before on
+    the same features and labels (by content), number of classes, parameters and FIT_CODE_VERSION; the
+    shot settings a class could not supply are noted again on a hit. The cache switched off: fitted afresh."""
+    parts = {"kind": "probe-predictions", "code": FIT_CODE_VERSION, "classes": num_classes,
+             "data": _digest(x_tr, y_tr, x_te), "params": dict(params)}
+
+    def compute() -> dict[str, np.ndarray]:
+        skipped: list[str] = []
+        found = probe_outcomes(x_tr, y_tr, x_te, y_te, num_classes, params, report=skipped.append)
+        return {"predictions": found["predictions"], "shots": found["shots"], "seeds": found["seeds"],
+                "skipped": np.array(skipped, dtype=str)}
+
+    arrays = feature_cache.cached_arrays(parts, compute)
+    for message in arrays["skipped"]:
+        note(str(message))
+    return {"target": y_te.cpu().numpy().astype(np.int32), "predictions": arrays["predictions"],
+            "shots": arrays["shots"], "seeds": arrays["seeds"]}
 
 
 def score(samples: Mapping[str, np.ndarray], params: Mapping) -> dict[str, float]:
@@ -180,7 +215,7 @@ def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
     device = model.device
     y_tr = torch.as_tensor(train.targets, device=device)
     y_te = torch.as_tensor(test.targets, device=device)
-    samples = probe_outcomes(x_tr.to(device), y_tr, x_te.to(device), y_te, len(test.classes), params)
+    samples = cached_outcomes(x_tr.to(device), y_tr, x_te.to(device), y_te, len(test.classes), params)
     return Outcome(score(samples, params), samples)
 
 
