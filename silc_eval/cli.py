@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from silc_eval import __version__
-from silc_eval.core.errors import UserError, unwrap_worker_error
+from silc_eval.core.errors import Stopped, UserError, unwrap_worker_error
 
 EXIT_USER_ERROR = 2
 
@@ -392,6 +392,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"silc-eval: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Stopped as exc:
+        print(f"silc-eval: {exc}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("silc-eval: interrupted", file=sys.stderr)
         return 130

@@ -51,6 +51,38 @@ def test_resume_gives_the_same_model_as_an_uninterrupted_run(tmp_path, objective
     assert not work_folder(tmp_path / "resumed").exists()
 
 
+def test_sigterm_stops_after_the_step_and_the_rerun_resumes_exactly(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from silc_eval.cli import main
+    from silc_eval.train import loop
+
+    recipe = tiny_recipe(tmp_path, "clip")
+    straight = train(recipe, tmp_path / "straight", evaluate=False, progress=False)
+    updates = []
+    original = loop.apply_update
+
+    def update_then_signal(*args):
+        original(*args)
+        updates.append(1)
+        if len(updates) == 2:  # the signal arrives while step 2 is under way
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "apply_update", update_then_signal)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    command = ["train", "--recipe", recipe["file"], "--output", str(tmp_path / "resumed"), "--no-eval"]
+    assert main(command) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "SIGTERM: stopped at step 2 of 4" in err and "resumes" in err and "Traceback" not in err
+    assert signal.getsignal(signal.SIGTERM) is handler_before and len(updates) == 2
+    assert not (tmp_path / "resumed").exists() and (work_folder(tmp_path / "resumed") / "train_state" / "last.pt").exists()
+    assert main(command) == 0 and len(updates) == 4  # two more steps: the rerun resumed at step 2
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    assert yaml.safe_load((tmp_path / "resumed" / "card.yaml").read_text())["loss_history"] == straight["loss_history"]
+
+
 def test_a_different_seed_gives_a_different_model(tmp_path):
     recipe = tiny_recipe(tmp_path, "clip", steps=2)
     train(recipe, tmp_path / "a", evaluate=False, progress=False)

@@ -1,5 +1,5 @@
 """UserError, the one exception type the CLI turns into a one-line message and exit code 2; WriteError, its
-kind for a failed write; and the unwrapping of a UserError raised in a DataLoader worker process."""
+kind for a failed write; Stopped, a long job that stopped on request after saving where it was; and the unwrapping of a UserError raised in a DataLoader worker process."""
 
 from __future__ import annotations
 
@@ -34,6 +34,15 @@ class WriteError(UserError, OSError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class Stopped(Exception):
+    """A long job (training) stopped on a signal after saving the state the same command resumes from; the CLI
+    prints the message and exits with 128 + the signal's number, as a shell reports a process the signal ended."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.exit_code = 128 + int(signal_number)
 
 
 # torch.utils.data re-raises an exception of a DataLoader worker as the same type built from one string:

@@ -23,16 +23,18 @@ import json
 import math
 import platform
 import shutil
+import signal
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import yaml
 
 from silc_eval.core.distributed import DistEnv, all_ranks_true, barrier, init_distributed, shutdown_env
-from silc_eval.core.errors import UserError
+from silc_eval.core.errors import Stopped, UserError
 from silc_eval.core.io import atomic_directory, atomic_write_text
 from silc_eval.core.log import log, warn
 from silc_eval.core.offline import enforce_offline
@@ -246,7 +248,9 @@ def train(recipe: dict[str, Any], output: Path, device: str = "cpu", evaluate: b
           stop_after_steps: int | None = None, amp: bool = False) -> dict[str, Any] | None:
     """Train a recipe into output/ (open_clip local-dir + card.yaml); returns the card (None if stopped early).
 
-    stop_after_steps saves the state and returns after that many steps, as an interruption would.
+    stop_after_steps saves the state and returns after that many steps, as an interruption would. SIGTERM or
+    SIGINT (Ctrl-C) does the same at the end of the step under way (the second one stops at once): the
+    rerun resumes from that step.
     """
     enforce_offline()
     env = init_distributed(device)
@@ -254,7 +258,9 @@ def train(recipe: dict[str, Any], output: Path, device: str = "cpu", evaluate: b
     work = work_folder(output)
     fresh = {"work": not work.exists()}  # set when this run creates the work folder (or discards it: --restart)
     try:
-        return _train(recipe, output, env, evaluate, progress, restart, keep_state, stop_after_steps, amp, fresh)
+        with stop_requests() as requested:
+            return _train(recipe, output, env, evaluate, progress, restart, keep_state, stop_after_steps, amp,
+                          fresh, requested)
     except BaseException:
         # A failed run leaves no work folder it created, unless the folder holds a checkpoint to resume from.
         if env.is_main and fresh["work"] and work.exists() and not (work / "train_state" / STATE_FILE).exists():
@@ -264,8 +270,33 @@ def train(recipe: dict[str, Any], output: Path, device: str = "cpu", evaluate: b
         shutdown_env(env)
 
 
+@contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """Yield a list that SIGTERM and SIGINT append their signal number to instead of stopping the process
+    (a second one raises KeyboardInterrupt); the handlers before are restored after the block. Outside the
+    main thread, where Python cannot install handlers, nothing is caught."""
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def handler(number, frame):
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(number)
+        warn(f"{signal.Signals(number).name}: stopping after the step under way and saving the state to resume "
+             f"from (send it again to stop at once)")
+
+    before = {number: signal.signal(number, handler) for number in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield requested
+    finally:
+        for number, previous in before.items():
+            signal.signal(number, previous)
+
+
 def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep_state, stop_after_steps, amp,
-           fresh: dict[str, bool]):
+           fresh: dict[str, bool], requested: list[int] = ()):
     import open_clip
 
     optim = recipe["optim"]
@@ -442,10 +473,15 @@ def _train(recipe, output: Path, env: DistEnv, evaluate, progress, restart, keep
             segment_start = time.perf_counter()
             run.update(read=stats.read, skipped=stats.skipped, skipped_examples=list(stats.examples),
                        skipped_keys=sorted(stats.keys))
-            stopping = stop_after_steps is not None and run["step"] >= stop_after_steps and not done
+            asked = not all_ranks_true(env, not requested)  # a signal reached some rank: all stop here
+            stopping = ((stop_after_steps is not None and run["step"] >= stop_after_steps) or asked) and not done
             if (optim["checkpoint_every"] and run["step"] % optim["checkpoint_every"] == 0) or stopping:
                 checkpoint(proven=stopping)
             if stopping:
+                if asked:
+                    number = requested[0] if requested else signal.SIGTERM
+                    raise Stopped(f"{signal.Signals(number).name}: stopped at step {run['step']} of {total_steps}, "
+                                  f"state saved in {state_dir}; the same command resumes from there", number)
                 return None
             if done:
                 break
