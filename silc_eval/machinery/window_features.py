@@ -233,7 +233,7 @@ def slid_meters(features: WindowFeatures | StreamedWindows, dataset, heads: Sequ
                     return head(batch)
 
             logits = slide_boxes(sizes, logits_fn, params["window"], params["stride"], params["batch_size"],
-                                 [tuple(label.shape[-2:]) for label in labels], device)
+                                 [tuple(label.shape[-2:]) for label in labels])
             for image, image_logits, label in zip(images, logits, labels):
                 if refine is not None:
                     image_logits = refine(image.to(device), image_logits)

@@ -102,7 +102,7 @@ def slide_logits(images: Sequence[torch.Tensor], window_fn: Callable[[torch.Tens
         return window_fn(torch.stack([images[i][:, t:b, l:r] for i, (t, b, l, r) in chunk]))
 
     return slide_boxes([tuple(image.shape[-2:]) for image in images], logits_fn, window, stride, batch_size,
-                       output_sizes, images[0].device if images else None)
+                       output_sizes)
 
 
 def window_chunks(sizes: Sequence[tuple[int, int]], window: int, stride: int,
@@ -128,8 +128,9 @@ def _as_index(positions: list[int]) -> slice | list[int]:
 
 def slide_boxes(sizes: Sequence[tuple[int, int]], logits_fn: Callable[[Sequence[tuple[int, Box]]], torch.Tensor],
                 window: int, stride: int, batch_size: int,
-                output_sizes: Sequence[tuple[int, int]] | None = None, device=None) -> list[torch.Tensor]:
-    """Return per image the (Q, h, w) window-averaged logits of images of the given prepared sizes.
+                output_sizes: Sequence[tuple[int, int]] | None = None) -> list[torch.Tensor]:
+    """Return per image the (Q, h, w) window-averaged logits of images of the given prepared sizes, on the
+    device of logits_fn's output.
 
     logits_fn maps up to batch_size (image index, box) pairs whose boxes share one shape to the
     patch-level logits (n, Q, gh, gw) of those windows; each is upsampled bilinearly to its box,
@@ -159,7 +160,7 @@ def slide_boxes(sizes: Sequence[tuple[int, int]], logits_fn: Callable[[Sequence[
         counts = torch.zeros(size, device=sums[size].device)
         for t, b, l, r in window_boxes(*size, window, stride):
             counts[t:b, l:r] += 1
-        for k, (index, mean) in enumerate(zip(members, sums[size] / counts)):
+        for index, mean in zip(members, sums[size] / counts):
             target = tuple(output_sizes[index]) if output_sizes is not None else size
             if target != size:
                 mean = F.interpolate(mean[None], size=target, mode="bilinear", align_corners=False)[0]
