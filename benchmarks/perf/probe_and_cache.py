@@ -5,7 +5,7 @@ the share of each run spent in model forward passes, and the k-shot sweep on cac
     `off`  (SILC_EVAL_FEATURE_CACHE=off, the behaviour before the cache),
     `cold` (cache on, empty features folder),
     `features` (cache on, filled by `cold`, its fitted segmentation heads removed: features cached, heads
-    fitted again), `warm` (cache on, features and fitted heads cached).
+    fitted again), `warm` (cache on, features, fitted heads and fitted probes' predictions cached).
     Each prints its wall time and the time spent inside nn.Module forward calls (outermost
     call only, measured with global forward hooks: the image/text towers, dense variants'
     blocks, and any head the tasks train), which is the floor the cache attacks.
@@ -74,11 +74,15 @@ def linked_cache(real: Path, tmp: Path) -> Path:
     return cache
 
 
+FITTED_KINDS = ("trained-head", "probe-predictions")  # what the tasks fit on cached features
+
+
 def remove_fitted_heads(cache: Path) -> int:
-    """Remove the fitted segmentation heads (entries of kind trained-head) from cache/features; return how many."""
+    """Remove the fitted segmentation heads and linear probes (entries of FITTED_KINDS) from cache/features;
+    return how many."""
     removed = 0
     for meta in (cache / "features").glob("*.json"):
-        if json.loads(meta.read_text()).get("key_parts", {}).get("kind") == "trained-head":
+        if json.loads(meta.read_text()).get("key_parts", {}).get("kind") in FITTED_KINDS:
             for path in (meta, meta.with_suffix(".npz"), meta.with_suffix(".npy")):
                 path.unlink(missing_ok=True)
             removed += 1
