@@ -22,6 +22,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
+from silc_eval.core import distributed
 from silc_eval.core.contract import Metric, Outcome, Task
 from silc_eval.core.errors import UserError
 from silc_eval.core.log import note
@@ -146,9 +147,11 @@ def cached_outcomes(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, 
                     num_classes: int, params: Mapping) -> dict[str, np.ndarray]:
     """Return probe_outcomes, the predictions served from the feature cache when probes were fitted before on
     the same features and labels (by content), number of classes, parameters and FIT_CODE_VERSION; the
-    shot settings a class could not supply are noted again on a hit. The cache switched off: fitted afresh."""
-    parts = {"kind": "probe-predictions", "code": FIT_CODE_VERSION, "classes": num_classes,
-             "data": _digest(x_tr, y_tr, x_te), "params": dict(params)}
+    shot settings a class could not supply are noted again on a hit. The cache switched off, or under torchrun
+    (as trained segmentation heads): fitted afresh."""
+    parts = None if distributed.active() else {  # under torchrun every rank fits the same probes: none writes
+        "kind": "probe-predictions", "code": FIT_CODE_VERSION, "classes": num_classes,
+        "data": _digest(x_tr, y_tr, x_te), "params": dict(params)}
 
     def compute() -> dict[str, np.ndarray]:
         skipped: list[str] = []
