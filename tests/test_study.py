@@ -99,16 +99,22 @@ def test_merged_recipes_keep_what_they_do_not_change():
     assert base["optim"]["lr"] == 1  # a copy
 
 
-def test_study_trains_evaluates_reports_and_resumes_without_retraining(tmp_path, study_file, monkeypatch):
-    output = tmp_path / "out"
-    trained = []
+@pytest.fixture
+def trained(monkeypatch):
+    """The model folders the study trains, in order (loop.train counted)."""
+    names = []
     original = loop.train
 
     def counting(recipe, folder, **kwargs):
-        trained.append(folder.name)
+        names.append(folder.name)
         return original(recipe, folder, **kwargs)
 
     monkeypatch.setattr(loop, "train", counting)
+    return names
+
+
+def test_study_trains_evaluates_reports_and_resumes_without_retraining(tmp_path, study_file, trained):
+    output = tmp_path / "out"
     assert main(["study", str(study_file), "--output", str(output), "--no-progress"]) == 0
     assert sorted(trained) == sorted(f"{label}-{budget}-s{seed}" for label in "ab" for budget in (16, 24)
                                      for seed in (0, 1))
@@ -154,19 +160,11 @@ def test_study_trains_evaluates_reports_and_resumes_without_retraining(tmp_path,
     assert list(csv.DictReader((published / "study.csv").open())) == rows
 
 
-def test_a_run_whose_recipe_changed_is_trained_again(tmp_path, study_file, monkeypatch):
+def test_a_run_whose_recipe_changed_is_trained_again(tmp_path, study_file, trained):
     study = yaml.safe_load(study_file.read_text())
     study.update(seeds=[0], budgets=[16])
     study_file.write_text(yaml.safe_dump(study))
     output = tmp_path / "out"
-    trained = []
-    original = loop.train
-
-    def counting(recipe, folder, **kwargs):
-        trained.append(folder.name)
-        return original(recipe, folder, **kwargs)
-
-    monkeypatch.setattr(loop, "train", counting)
     assert main(["study", str(study_file), "--output", str(output), "--no-progress", "--train-only"]) == 0
     assert sorted(trained) == ["a-16-s0", "b-16-s0"]
     trained.clear()
