@@ -123,15 +123,23 @@ def key_parts(model, dataset, split: str | None, normalize: bool, precision: str
             "normalization": "l2" if normalize else "raw", "precision": precision}
 
 
+def content_sha256(*tensors: torch.Tensor) -> str:
+    """Return the sha256 of tensors' dtypes, shapes and values, in order (for keys of what was computed from them)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        array = np.ascontiguousarray(tensor.detach().cpu().numpy())
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def text_key_parts(model, tokens: torch.Tensor, precision: str) -> dict[str, Any] | None:
     """Return the key parts of the (normalised) text features of token ids (N, L), or None if not cacheable."""
     sha = known_sha256(model)
     if sha is None:
         return None
-    ids = np.ascontiguousarray(tokens.cpu().numpy())
-    digest = hashlib.sha256(f"{ids.dtype}{ids.shape}".encode() + ids.tobytes()).hexdigest()
-    return {"kind": "text", "model_sha256": sha, "tokens_sha256": digest, "num_texts": int(ids.shape[0]),
-            "normalization": "l2", "precision": precision}
+    return {"kind": "text", "model_sha256": sha, "tokens_sha256": content_sha256(tokens),
+            "num_texts": int(tokens.shape[0]), "normalization": "l2", "precision": precision}
 
 
 def window_key_parts(model, dataset, split: str, feature: str, geometry: dict[str, Any], precision: str,

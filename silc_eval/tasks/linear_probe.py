@@ -15,7 +15,6 @@ Per-sample outcomes: per shot setting, per seed, per test image the predicted cl
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Callable, Mapping
 
@@ -134,15 +133,6 @@ def probe_outcomes(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, y
             "shots": np.array([str(s) for s in shots]), "seeds": np.array(seeds, dtype=np.int64)}
 
 
-def _digest(*tensors: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    for tensor in tensors:
-        array = np.ascontiguousarray(tensor.detach().cpu().numpy())
-        digest.update(f"{array.dtype}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
 def cached_outcomes(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, y_te: torch.Tensor,
                     num_classes: int, params: Mapping) -> dict[str, np.ndarray]:
     """Return probe_outcomes, the predictions served from the feature cache when probes were fitted before on
@@ -151,7 +141,7 @@ def cached_outcomes(x_tr: torch.Tensor, y_tr: torch.Tensor, x_te: torch.Tensor, 
     (as trained segmentation heads): fitted afresh."""
     parts = None if distributed.active() else {  # under torchrun every rank fits the same probes: none writes
         "kind": "probe-predictions", "code": FIT_CODE_VERSION, "classes": num_classes,
-        "data": _digest(x_tr, y_tr, x_te), "params": dict(params)}
+        "data": feature_cache.content_sha256(x_tr, y_tr, x_te), "params": dict(params)}
 
     def compute() -> dict[str, np.ndarray]:
         skipped: list[str] = []
