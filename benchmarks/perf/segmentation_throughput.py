@@ -6,7 +6,9 @@ In one process, on the same model, images and parameters, measures images/s of
   (c) the bare dense forward: every window of every image already cut and stacked in memory,
       one batched `dense_features` call per chunk (the upper limit for (a)),
 then prints medians over --repeats and the ratios (a)/(b) and (a)/(c), and checks that (a) and
-(b) predict the same class maps. Then it times the metric: silc_eval's SegmentationMeter versus
+(b) predict the same class maps. (d) times the five dense variants of a zero-shot suite over the same
+windows: each variant's bare forward alone, against one shared trunk (all blocks but the last) and
+five last blocks, as silc_eval runs them (machinery/shared_trunk.py), and checks they are equal. Then it times the metric: silc_eval's SegmentationMeter versus
 mmseg's IoUMetric (process + compute_metrics) on the same predictions and labels.
 
 Run from the repository root:  .venv/bin/python benchmarks/perf/segmentation_throughput.py
@@ -128,6 +130,24 @@ def bare_forward(model, stacks, params):
                 model.dense_features(stack[start:start + params["batch_size"]], params["variant"])
 
 
+def five_variants(model, stacks, params, shared: bool) -> list[torch.Tensor]:
+    """Return the dense features of every variant over the stacked windows, each variant computed alone or all five
+    from one trunk per batch."""
+    from silc_eval.models.dense import VARIANTS
+
+    out = []
+    with torch.inference_mode():
+        for stack in stacks:
+            for start in range(0, len(stack), params["batch_size"]):
+                windows = stack[start:start + params["batch_size"]]
+                if shared:
+                    trunk = model.dense_trunk(windows)
+                    out += [model.dense_from_trunk(trunk, variant) for variant in VARIANTS]
+                else:
+                    out += [model.dense_features(windows, variant) for variant in VARIANTS]
+    return out
+
+
 def synchronise(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -212,9 +232,13 @@ def main() -> int:
 
     same = all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(batched(), looped()))
     bare_forward(model, stacks, params)
-    times = {"batched": [], "per-window": [], "bare": []}
+    variants_equal = all(torch.equal(a, b) for a, b in zip(five_variants(model, stacks, params, False),
+                                                           five_variants(model, stacks, params, True)))
+    times = {"batched": [], "per-window": [], "bare": [], "five alone": [], "five shared": []}
     for repeat in range(args.repeats):
-        order = [("batched", batched), ("per-window", looped), ("bare", lambda: bare_forward(model, stacks, params))]
+        order = [("batched", batched), ("per-window", looped), ("bare", lambda: bare_forward(model, stacks, params)),
+                 ("five alone", lambda: five_variants(model, stacks, params, False)),
+                 ("five shared", lambda: five_variants(model, stacks, params, True))]
         for name, fn in (order if repeat % 2 == 0 else order[::-1]):
             times[name].append(timed(fn, args.device))
 
@@ -232,6 +256,9 @@ def main() -> int:
     print(f"(a)/(b) batched / per-window: {medians['batched'] / medians['per-window']:.2f}x")
     print(f"(a)/(c) batched / bare forward: {medians['batched'] / medians['bare']:.2f}")
     print(f"(a) and (b) predict identical class maps: {same}")
+    alone, shared = (statistics.median(times[name]) for name in ("five alone", "five shared"))
+    print(f"(d) five dense variants, bare forward: each alone {alone:.2f} s, one shared trunk {shared:.2f} s "
+          f"(medians), ratio {alone / shared:.2f}x; identical features: {variants_equal}")
 
     predictions = batched()
     ours, theirs, agree = time_metrics([p.cpu() for p in predictions], [l.long() for l in labels], num_classes,

@@ -34,6 +34,7 @@ from silc_eval.features import OrderedLoader, autocast_context, precision_label
 from silc_eval.features import cache as feature_cache
 from silc_eval.machinery.dense_segmentation import image_batches
 from silc_eval.machinery.segmentation_metrics import SegmentationMeter
+from silc_eval.machinery.shared_trunk import Session, SharedTrunk
 from silc_eval.machinery.windows import (
     Box,
     normalization_tensors,
@@ -190,11 +191,14 @@ def _compute(model, shard, feature_fn: FeatureFn, params: dict, progress: bool,
 
 
 def window_features(model, dataset, feature_fn: FeatureFn, feature_name: str, params: dict, split: str = "eval",
-                    progress: bool = True, desc: str = "segmentation") -> WindowFeatures | StreamedWindows:
+                    progress: bool = True, desc: str = "segmentation",
+                    shared: SharedTrunk | None = None) -> WindowFeatures | StreamedWindows:
     """Return the window features of this rank's shard of dataset (all of it without torchrun): WindowFeatures
     from the disk cache or computed (and stored), or StreamedWindows when they would not fit in memory.
 
-    feature_name identifies feature_fn in the cache key (e.g. 'patch_tokens', 'dense:sclip').
+    feature_name identifies feature_fn in the cache key (e.g. 'patch_tokens', 'dense:sclip'). shared, when given,
+    computes the same feature as finish(trunk(windows)) and lets sibling features of the same windows run the trunk
+    once (machinery/shared_trunk.py).
     """
     shard = distributed.shard_dataset(dataset, images_per_step(params))
     parts = feature_cache.window_key_parts(
@@ -204,7 +208,13 @@ def window_features(model, dataset, feature_fn: FeatureFn, feature_name: str, pa
     computed: list[WindowFeatures | StreamedWindows] = []
 
     def compute() -> dict[str, np.ndarray] | None:  # the arrays to store, None when nothing is stored
-        computed.append(_compute(model, shard, feature_fn, params, progress, desc))
+        session = None
+        if shared is not None and parts is not None:
+            trunk_key = {**parts, "feature": shared.name, "batch_size": params["batch_size"]}
+            session = Session(feature_cache.cache_key(trunk_key), shared)
+        computed.append(_compute(model, shard, session or feature_fn, params, progress, desc))
+        if session is not None:
+            session.close(complete=isinstance(computed[0], WindowFeatures))
         storable = isinstance(computed[0], WindowFeatures) and parts is not None and feature_cache.enabled()
         return computed[0].to_arrays() if storable else None
 

@@ -47,3 +47,7 @@ class VLModel(Protocol):
     def dense_features(self, images: torch.Tensor, variant: str = "vanilla") -> torch.Tensor:
         """Return patch embeddings in the joint image-text space (B, gh, gw, E), not normalised, of one
         training-free last-block variant (models/dense.py: vanilla, maskclip, sclip, clearclip, naclip)."""
+
+    # Optional, for models whose dense variants share all but their last block (open_clip and hf: models do):
+    # dense_trunk(images) -> dense.Trunk and dense_from_trunk(trunk, variant) -> the dense_features of those images.
+    # Sliding several variants over the same windows then runs the shared blocks once (machinery/window_features.py).

@@ -139,24 +139,46 @@ def _residual_ffn(block, x: torch.Tensor) -> torch.Tensor:
     return x + block.ls_2(block.mlp(block.ln_2(x)))
 
 
-def dense_features(visual, images: torch.Tensor, variant: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
-    """Return (patch embeddings (B, gh, gw, E) in the joint space, not normalised, grid) for images (B, 3, H, W).
+@dataclass(frozen=True)
+class Trunk:
+    """What every dense variant shares: the batch-first tokens (B, N, D) after the first L-1 blocks, and the grid."""
 
-    The grid is (H // patch, W // patch) (pixels past the last whole patch are dropped by the patch convolution,
-    as in the reference code); the positional embedding is interpolated to the grid.
-    """
-    check_variant(variant)
+    tokens: torch.Tensor
+    grid: tuple[int, int]
+
+
+def dense_trunk(visual, images: torch.Tensor) -> Trunk:
+    """Return the Trunk of images (B, 3, H, W): patches embedded (positions interpolated to the grid (H // patch,
+    W // patch); pixels past the last whole patch are dropped by the patch convolution, as in the reference code)
+    and run through every block but the last."""
     _check_supported(visual)
     if hasattr(visual, "trunk"):
-        return _timm_dense_features(visual, images, variant)
+        x, grid = _timm_tokens(visual.trunk, images)
+        return Trunk(_run_blocks(visual.trunk, visual.trunk.blocks[:-1], x), grid)
     x, grid = embed_patches(visual, images, sclip_scale=True)
-    blocks = visual.transformer.resblocks
-    x = _run_blocks(visual.transformer, blocks[:-1], x)
-    x = variant_last_block(_open_clip_last_block(visual.transformer, blocks[-1]), x, variant, grid)
+    return Trunk(_run_blocks(visual.transformer, visual.transformer.resblocks[:-1], x), grid)
+
+
+def features_from_trunk(visual, shared: Trunk, variant: str = "vanilla") -> torch.Tensor:
+    """Return patch embeddings (B, gh, gw, E) in the joint space, not normalised, of one variant's last block run on
+    a Trunk."""
+    check_variant(variant)
+    if hasattr(visual, "trunk"):
+        return _timm_features_from_trunk(visual, shared, variant)
+    block = _open_clip_last_block(visual.transformer, visual.transformer.resblocks[-1])
+    x = variant_last_block(block, shared.tokens, variant, shared.grid)
     tokens = visual.ln_post(x[:, 1:])
     if visual.proj is not None:
         tokens = tokens @ visual.proj
-    return tokens.reshape(images.shape[0], grid[0], grid[1], -1), grid
+    return tokens.reshape(x.shape[0], shared.grid[0], shared.grid[1], -1)
+
+
+def dense_features(visual, images: torch.Tensor, variant: str = "vanilla") -> tuple[torch.Tensor, tuple[int, int]]:
+    """Return (patch embeddings (B, gh, gw, E) in the joint space, not normalised, grid) for images (B, 3, H, W):
+    features_from_trunk of their trunk."""
+    check_variant(variant)
+    shared = dense_trunk(visual, images)
+    return features_from_trunk(visual, shared, variant), shared.grid
 
 
 def patch_tokens(visual, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -234,13 +256,11 @@ def map_head_per_token(pool, tokens: torch.Tensor) -> torch.Tensor:
     return pooled + pool.mlp(pool.norm(pooled)) if pool.mlp is not None else pooled
 
 
-def _timm_dense_features(visual, images: torch.Tensor, variant: str) -> tuple[torch.Tensor, tuple[int, int]]:
-    trunk = visual.trunk
-    x, grid = _timm_tokens(trunk, images)
-    x = _run_blocks(trunk, trunk.blocks[:-1], x)
-    x = variant_last_block(_timm_last_block(trunk, trunk.blocks[-1]), x, variant, grid)
-    tokens = trunk.norm(x)[:, trunk.num_prefix_tokens:]
-    if trunk.global_pool == "map":
-        tokens = map_head_per_token(trunk.attn_pool, tokens)
-    tokens = visual.head(trunk.head(tokens))
-    return tokens.reshape(images.shape[0], grid[0], grid[1], -1), grid
+def _timm_features_from_trunk(visual, shared: Trunk, variant: str) -> torch.Tensor:
+    vit = visual.trunk
+    x = variant_last_block(_timm_last_block(vit, vit.blocks[-1]), shared.tokens, variant, shared.grid)
+    tokens = vit.norm(x)[:, vit.num_prefix_tokens:]
+    if vit.global_pool == "map":
+        tokens = map_head_per_token(vit.attn_pool, tokens)
+    tokens = visual.head(vit.head(tokens))
+    return tokens.reshape(x.shape[0], shared.grid[0], shared.grid[1], -1)

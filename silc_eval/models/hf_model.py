@@ -362,12 +362,20 @@ class HFModel:
 
     def dense_features(self, images: torch.Tensor, variant: str = "vanilla") -> torch.Tensor:
         """Return patch embeddings (B, gh, gw, E) in the joint space of a dense variant (models/dense.py)."""
+        return self.dense_from_trunk(self.dense_trunk(images), dense.check_variant(variant))
+
+    def dense_trunk(self, images: torch.Tensor) -> dense.Trunk:
+        """Return what every dense variant shares for images: the tokens after all layers but the last."""
+        return dense.Trunk(self._tokens_before_last_block(images), self._grid(images))
+
+    def dense_from_trunk(self, shared: dense.Trunk, variant: str = "vanilla") -> torch.Tensor:
+        """Return dense_features of the images whose dense_trunk is shared, (B, gh, gw, E)."""
         dense.check_variant(variant)
-        vision, grid = self.model.vision_model, self._grid(images)
+        vision, grid = self.model.vision_model, shared.grid
         block = _hf_last_block(vision.encoder.layers[-1], self.class_token)
-        x = dense.variant_last_block(block, self._tokens_before_last_block(images), variant, grid)
+        x = dense.variant_last_block(block, shared.tokens, variant, grid)
         tokens = vision.post_layernorm(x[:, 1:] if self.class_token else x)
-        return self._project(tokens).reshape(images.shape[0], grid[0], grid[1], -1)
+        return self._project(tokens).reshape(x.shape[0], grid[0], grid[1], -1)
 
     def _project(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.family == "hf-clip":

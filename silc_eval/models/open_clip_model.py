@@ -76,4 +76,12 @@ class OpenClipModel:
 
     def dense_features(self, images: torch.Tensor, variant: str = "vanilla") -> torch.Tensor:
         """Return projected patch embeddings (B, gh, gw, E) of a dense variant (models/dense.py)."""
-        return dense.dense_features(self.model.visual, images.to(self.input_dtype), variant)[0].float()
+        return self.dense_from_trunk(self.dense_trunk(images), dense.check_variant(variant))
+
+    def dense_trunk(self, images: torch.Tensor) -> dense.Trunk:
+        """Return what every dense variant shares for images: the tokens after all blocks but the last."""
+        return dense.dense_trunk(self.model.visual, images.to(self.input_dtype))
+
+    def dense_from_trunk(self, shared: dense.Trunk, variant: str = "vanilla") -> torch.Tensor:
+        """Return dense_features of the images whose dense_trunk is shared, (B, gh, gw, E) float32."""
+        return dense.features_from_trunk(self.model.visual, shared, variant).float()

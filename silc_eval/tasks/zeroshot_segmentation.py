@@ -27,6 +27,7 @@ from silc_eval.machinery.segmentation_metrics import (
     segmentation_score,
     segmentation_unit_statistics,
 )
+from silc_eval.machinery.shared_trunk import dense_variant
 from silc_eval.machinery.window_features import slid_meters, window_features
 from silc_eval.machinery.windows import RESIZES
 from silc_eval.models.dense import VARIANTS
@@ -39,7 +40,8 @@ def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
     text = text.to(model.device)
     variant = params["variant"]
     features = window_features(model, dataset, lambda windows: model.dense_features(windows, variant),
-                               f"dense:{variant}", params, "eval", progress, desc="zero-shot segmentation")
+                               f"dense:{variant}", params, "eval", progress, desc="zero-shot segmentation",
+                               shared=dense_variant(model, variant))
     postprocess = zeroshot_postprocess(query_class, dataset.num_classes, params)
     (meter,) = slid_meters(features, dataset, [lambda feats: cosine_logits(feats, text)], postprocess, params,
                            model.device, progress, desc="zero-shot segmentation", refine=pamr_refiner(model, params))
