@@ -6,6 +6,7 @@ from contextlib import nullcontext
 from typing import Callable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -86,16 +87,19 @@ def encode_images(model, dataset: Dataset, batch_size: int = 256, num_workers: i
     """Return float32 image embeddings (N, D) on the CPU, in dataset order (L2-normalised unless normalize=False).
 
     Served from the feature cache (silc_eval.features.cache) when the same model weights, dataset
-    fingerprint, split (default: dataset.split when it has one), eval transform, normalisation and
-    precision were encoded before; computed and stored otherwise.
+    fingerprint, split (default: dataset.split when it has one), eval transform and precision were
+    encoded before; computed and stored otherwise. The cache holds the raw embeddings and normalises
+    them on the way out (what encode_image(normalize=True) does to the same rows), so the normalised and
+    the raw features of a split are one encoding.
     """
     split = split if split is not None else getattr(dataset, "split", None)
-    parts = feature_cache.key_parts(model, dataset, split, normalize, precision_label(model, amp))
+    parts = feature_cache.key_parts(model, dataset, split, False, precision_label(model, amp))
 
     def compute():
-        return compute_image_features(model, dataset, batch_size, num_workers, amp, progress, desc, normalize).numpy()
+        return compute_image_features(model, dataset, batch_size, num_workers, amp, progress, desc, False).numpy()
 
-    return torch.from_numpy(feature_cache.cached(parts, compute))
+    features = torch.from_numpy(feature_cache.cached(parts, compute))
+    return F.normalize(features, dim=-1) if normalize else features
 
 
 def encode_instance_images(model, dataset, batch_size: int = 256, num_workers: int = 0, amp: bool = False,
