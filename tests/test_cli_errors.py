@@ -104,3 +104,13 @@ def test_data_synthscenes_writes_where_asked_and_is_read_back(capsys, tmp_path):
     assert len(dataset) == 1000 and all(len(c) == 5 for c in dataset.captions)
     assert_one_line_error(*run_cli(capsys, "data", "synthscenes", "--out", str(tmp_path / "w2"), "--parts", "nope")[::2],
                           "unknown SynthScenes part 'nope'")
+
+
+def test_precision_choices_are_the_loaders_precisions():
+    # cli.py keeps its imports light, so it spells the choices out; they must stay those the loader accepts
+    from silc_eval.cli import build_parser
+    from silc_eval.models.loading import PRECISIONS
+
+    run = next(action for action in build_parser()._subparsers._group_actions[0].choices["run"]._actions
+               if action.dest == "precision")
+    assert tuple(run.choices) == PRECISIONS

@@ -54,7 +54,7 @@ from silc_eval.models import dense
 POLY_POWER = 0.9  # mmseg's default poly learning-rate decay
 # Bumped whenever fitting a head from the same windows, labels and parameters gives another head: trained heads kept in
 # the feature cache (cached_fit) carry it in their key, so a change never serves a stale head.
-HEAD_CODE_VERSION = 1
+HEAD_CODE_VERSION = 2  # 2: the decoders' seen-class text keyed by features.cache.content_sha256
 
 FeatureFn = Callable[[torch.Tensor], torch.Tensor]  # windows (N, 3, h, w) -> features (N, gh, gw, D)
 

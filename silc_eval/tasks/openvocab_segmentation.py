@@ -23,7 +23,6 @@ Version 3: positions off the training grid interpolated as zero-shot segmentatio
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -34,6 +33,7 @@ from silc_eval.core.contract import Metric, Outcome, Task
 from silc_eval.core.errors import UserError
 from silc_eval.core.labels import IGNORE_INDEX
 from silc_eval.core.params import choice, integer, number, str_list
+from silc_eval.features import cache as feature_cache
 from silc_eval.machinery import heads
 from silc_eval.machinery.prompts import class_embeddings
 from silc_eval.machinery.segmentation_metrics import (
@@ -187,7 +187,7 @@ def evaluate(model, data, params: dict, progress: bool = True) -> Outcome:
     offsets = torch.zeros(dataset.num_classes, device=device)
     offsets[list(split.seen_eval_ids)] = float(params["seen_calibration"])
     decoders = []
-    text_sha256 = hashlib.sha256(np.ascontiguousarray(train_text.cpu().numpy()).tobytes()).hexdigest()
+    text_sha256 = feature_cache.content_sha256(train_text)
     for seed in params["seeds"]:
         decoder = heads.seeded_module(seed, lambda: heads.OpenVocabDecoder(
             cache.features.shape[-1], params["hidden_dim"], params["layers"], params["decoder"],
