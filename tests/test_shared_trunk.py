@@ -118,3 +118,11 @@ def test_an_unfinished_pass_is_not_kept():
     before = counts()
     replay(torch.zeros(1))
     assert counts()["batches_replayed"] == before["batches_replayed"]
+
+
+def test_the_window_sample_tells_batches_of_other_images_or_order_apart():
+    windows = torch.randn(16, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    same = shared_trunk.window_sample(windows.clone())
+    assert shared_trunk._same_sample(shared_trunk.window_sample(windows), same)
+    for other in (windows.flip(0), windows[:15], windows.double(), windows + 1e-3):
+        assert not shared_trunk._same_sample(shared_trunk.window_sample(other), same)

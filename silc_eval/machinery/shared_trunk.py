@@ -3,10 +3,10 @@
 Zero-shot segmentation slides five last-block variants (models/dense.py) over the same windows of the same
 split, one benchmark after another; they differ only in the last block. A feature given as a SharedTrunk
 (trunk then finish) is computed through a Session: the first window set computed keeps, per window batch, the
-trunk's output (the tokens after the shared blocks) in memory with a digest of the batch's windows; the next
+trunk's output (the tokens after the shared blocks) in memory with a sample of the batch's windows; the next
 feature of the same window set (same key: model weights, dataset, split, geometry, window batch size,
 precision, trunk) reads them instead of running the shared blocks again. A batch whose windows differ from the
-recorded ones is computed, so a replay gives exactly what computing gives. One window set is kept, the last,
+recorded ones (shape, dtype or sampled values) is computed, so a replay gives what computing gives. One window set is kept, the last,
 within $SILC_EVAL_TRUNK_MEMO_MAX_GB gigabytes (1 by default); a set that would not fit is not kept. Off with the
 feature cache (`--no-feature-cache`), which promises that every feature is computed afresh.
 """
@@ -47,6 +47,21 @@ def limit_bytes() -> int:
     return int(float(os.environ.get(LIMIT_ENV, DEFAULT_LIMIT_GB)) * 1e9)
 
 
+SAMPLED_VALUES = 4096
+
+
+def window_sample(windows: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype, torch.Tensor]:
+    """Return what identifies a batch of windows cheaply on any device: shape, dtype and about SAMPLED_VALUES of its
+    values at fixed strided positions (windows of other images or in another order differ there)."""
+    flat = windows.reshape(-1)
+    step = max(1, flat.numel() // SAMPLED_VALUES)
+    return tuple(windows.shape), windows.dtype, flat[::step].clone()
+
+
+def _same_sample(a, b) -> bool:
+    return a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
 def _nbytes(output: Any) -> int:
     tensor = getattr(output, "tokens", output)
     return tensor.numel() * tensor.element_size()
@@ -55,7 +70,7 @@ def _nbytes(output: Any) -> int:
 @dataclass
 class _Recorded:
     key: str
-    batches: list[tuple[str, Any]] = field(default_factory=list)
+    batches: list[tuple[tuple, Any]] = field(default_factory=list)
     nbytes: int = 0
     complete: bool = False
 
@@ -88,25 +103,23 @@ class Session:
         if self.memo is None:
             output = self._computed(windows)
         elif self.replaying:
-            digest = feature_cache.content_sha256(windows)
-            if index < len(self.memo.batches) and self.memo.batches[index][0] == digest:
+            if index < len(self.memo.batches) and _same_sample(self.memo.batches[index][0], window_sample(windows)):
                 output = self.memo.batches[index][1]
                 STATS["batches_replayed"] += 1
             else:
                 output = self._computed(windows)
         else:
-            digest = feature_cache.content_sha256(windows)
             output = self._computed(windows)
-            self._record(digest, output)
+            self._record(window_sample(windows), output)
         return self.shared.finish(output)
 
     def _computed(self, windows: torch.Tensor) -> Any:
         STATS["batches_computed"] += 1
         return self.shared.trunk(windows)
 
-    def _record(self, digest: str, output: Any) -> None:
+    def _record(self, sample: tuple, output: Any) -> None:
         global _KEPT
-        self.memo.batches.append((digest, output))
+        self.memo.batches.append((sample, output))
         self.memo.nbytes += _nbytes(output)
         if self.memo.nbytes > limit_bytes():
             _KEPT = self.memo = None
