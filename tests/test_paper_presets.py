@@ -221,11 +221,12 @@ def test_voc21_preset_runs_on_a_tiny_voc_layout(tmp_path, tiny_model, monkeypatc
     (benchmark,) = resolve_benchmarks([f"voc21-zeroshot-seg-{method}-paper"])
     splits = build_splits(benchmark, dataset_root(benchmark.dataset, tmp_path, None), None)
     assert (splits["eval"].class_names[0], splits["eval"].class_names[-1]) == (first, last)
-    shapes = []
-    original = tiny_model.dense_features
-    monkeypatch.setattr(tiny_model, "dense_features",
-                        lambda windows, variant: shapes.append((tuple(windows.shape[-2:]), variant))
-                        or original(windows, variant))
+    shapes, variants = [], []  # the task runs a variant as dense_trunk then dense_from_trunk (shared_trunk.py)
+    trunk, finish = tiny_model.dense_trunk, tiny_model.dense_from_trunk
+    monkeypatch.setattr(tiny_model, "dense_trunk",
+                        lambda windows: shapes.append(tuple(windows.shape[-2:])) or trunk(windows))
+    monkeypatch.setattr(tiny_model, "dense_from_trunk",
+                        lambda shared, variant: variants.append(variant) or finish(shared, variant))
     refined = []
     if method == "naclip":
         import silc_eval.machinery.dense_segmentation as dense_segmentation
@@ -236,7 +237,7 @@ def test_voc21_preset_runs_on_a_tiny_voc_layout(tmp_path, tiny_model, monkeypatc
                             or pamr(image, logits, steps, dilations))
     with feature_cache.switched_off():
         evaluation = evaluate_benchmark(tiny_model, benchmark, splits)
-    assert {shape for shape, _ in shapes} == window_shapes and {v for _, v in shapes} == {method}
+    assert set(shapes) == window_shapes and set(variants) == {method} and len(variants) == len(shapes)
     assert refined == ([(10, (8, 16))] * 2 if method == "naclip" else [])
     metrics = evaluation.outcome.metrics
     assert 0.0 <= metrics["mIoU"] <= 1.0 and evaluation.sizes == {"eval": 2}
