@@ -4,11 +4,12 @@ After a change that moves scores on purpose (a task version bump, a new protocol
 reference run and copy its metrics into every card that a record matches by weights sha256:
 
     .venv/bin/silc-eval run --suite all --output reports --no-progress --force
-    .venv/bin/python model_zoo/update_reference_scores.py reports
+    .venv/bin/python model_zoo/update_reference_scores.py reports --suite all
 
 Only records of the card's reference_suite benchmarks are copied; each metric is rounded to 6
-digits as the trainer writes them. A card without a record for every benchmark is left unchanged
-(one line on stderr).
+digits as the trainer writes them. --suite sets the card's reference_suite first (a freshly trained
+model's card names its recipe's evaluation suite, `quick` for the zoo recipes; the zoo's cards
+reference `all`). A card without a record for every benchmark is left unchanged (one line on stderr).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> int:
     """Update every matched card; return the exit status (0, or 2 when the folder holds no records)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="a results folder (records/<model>/<benchmark>.json)")
+    parser.add_argument("--suite", default=None, help="set every matched card's reference_suite to this suite")
     args = parser.parse_args()
     found = scores_by_sha256(args.results)
     if not found:
@@ -48,8 +50,10 @@ def main() -> int:
     for entry in list_zoo():
         card_path = entry.folder / "card.yaml"
         card = yaml.safe_load(card_path.read_text(encoding="utf-8"))
-        suite = card.get("reference_suite", "all")
         scores = found.get(card["weights"]["sha256"], {})
+        if args.suite is not None and scores:
+            card["reference_suite"] = args.suite
+        suite = card.get("reference_suite", "all")
         wanted = [b.name for b in resolve_suite(suite)]
         missing = [name for name in wanted if name not in scores]
         if missing:
