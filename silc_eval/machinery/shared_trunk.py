@@ -6,9 +6,9 @@ split, one benchmark after another; they differ only in the last block. A featur
 trunk's output (the tokens after the shared blocks) in memory with a sample of the batch's windows; the next
 feature of the same window set (same key: model weights, dataset, split, geometry, window batch size,
 precision, trunk) reads them instead of running the shared blocks again. A batch whose windows differ from the
-recorded ones (shape, dtype or sampled values) is computed, so a replay gives what computing gives. One window set is kept, the last,
-within $SILC_EVAL_TRUNK_MEMO_MAX_GB gigabytes (1 by default); a set that would not fit is not kept. Off with the
-feature cache (`--no-feature-cache`), which promises that every feature is computed afresh.
+recorded ones (shape, dtype or sampled values) is computed, so a replay gives what computing gives. One window
+set is kept, the last, within $SILC_EVAL_TRUNK_MEMO_MAX_GB gigabytes (1 by default); a set that would not fit is
+not kept. Off with the feature cache (`--no-feature-cache`), which promises that every feature is computed afresh.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from silc_eval.features import cache as feature_cache
 
 LIMIT_ENV = "SILC_EVAL_TRUNK_MEMO_MAX_GB"
 DEFAULT_LIMIT_GB = 1.0
+SAMPLED_VALUES = 4096  # values of a window batch compared on replay
 
 
 @dataclass(frozen=True)
@@ -45,9 +46,6 @@ def dense_variant(model, variant: str) -> SharedTrunk | None:
 def limit_bytes() -> int:
     """Return how many bytes of trunk outputs may be kept: $SILC_EVAL_TRUNK_MEMO_MAX_GB gigabytes, 1 by default."""
     return int(float(os.environ.get(LIMIT_ENV, DEFAULT_LIMIT_GB)) * 1e9)
-
-
-SAMPLED_VALUES = 4096
 
 
 def window_sample(windows: torch.Tensor) -> tuple[tuple[int, ...], torch.dtype, torch.Tensor]:
