@@ -453,10 +453,15 @@ def test_report_writes_intervals_and_paired_deltas_from_sidecars(zoo_subset, cap
     silc = tested.loc["silc-vit-tiny-synth"]
     assert silc.at["synthscenes-zeroshot", "test"] == "McNemar exact"
     assert silc.at["synthscenes-retrieval", "test"] == "paired bootstrap"
-    assert silc.at["synthscenes-zeroshot", "significant"]  # -23.9 pp on 1,000 images
+    assert silc.at["synthscenes-zeroshot", "significant"]  # about -25 pp on 1,000 images
     assert (silc["p_holm"] >= silc["p_value"]).all()
+    accuracy = {model: json.loads((zoo_subset / "records" / model / "synthscenes-zeroshot.json").read_text())
+                ["metrics"]["acc1"] for model in ("clip-vit-tiny-synth", "silc-vit-tiny-synth")}
+    delta = 100 * (accuracy["silc-vit-tiny-synth"] - accuracy["clip-vit-tiny-synth"])
+    assert silc.at["synthscenes-zeroshot", "delta_pp"] == pytest.approx(delta)
     markdown = (zoo_subset / "leaderboard.md").read_text()
-    assert "40.50 ± " in markdown and "-23.90*)" in markdown and "Holm's correction across the 3 benchmarks" in markdown
+    assert f"{100 * accuracy['clip-vit-tiny-synth']:.2f} ± " in markdown and f"{delta:.2f}*)" in markdown
+    assert "Holm's correction across the 3 benchmarks" in markdown
     assert "## Paired differences to clip-vit-tiny-synth" in markdown
     # the same folder with --resamples 0: no interval anywhere
     assert run_cli(capsys, "report", zoo_subset, "--format", "csv,md", "--resamples", "0")[0] == 0
