@@ -1,4 +1,5 @@
-"""Per-sample, seeded image views: one or more global crops and optional local crops (multi-crop).
+"""Per-sample, seeded image views: one or more global crops and optional local crops (multi-crop),
+each optionally given DINO's photometric augmentations (train/photometric.py).
 
 Every sample draws its crops from its own generator, seeded by (seed, epoch, position in
 the epoch's stream). The views of a sample are therefore the same whether it is trained
@@ -14,6 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from silc_eval.train.photometric import Photometric, augment_view
+
 
 @dataclass(frozen=True)
 class ViewSpec:
@@ -26,6 +29,7 @@ class ViewSpec:
     local_size: int = 32
     local_scale: tuple[float, float] = (0.05, 0.4)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    photometric: Photometric | None = None
 
     @property
     def n_views(self) -> int:
@@ -77,14 +81,17 @@ class MultiViewTransform:
     def __init__(self, spec: ViewSpec, mean, std):
         self.spec, self.mean, self.std = spec, tuple(mean), tuple(std)
 
-    def _view(self, image: Image.Image, size: int, scale, generator: torch.Generator) -> torch.Tensor:
+    def _view(self, image: Image.Image, size: int, scale, slot: int, generator: torch.Generator) -> torch.Tensor:
         left, top, w, h = crop_box(image.width, image.height, scale, self.spec.ratio, generator)
         crop = image.resize((size, size), Image.BICUBIC, box=(left, top, left + w, top + h))
+        if self.spec.photometric is not None:
+            crop = augment_view(crop, self.spec.photometric, slot, generator)
         return to_normalized_tensor(crop, self.mean, self.std)
 
     def __call__(self, image: Image.Image, generator: torch.Generator) -> list[torch.Tensor]:
         image = image.convert("RGB")
         spec = self.spec
-        views = [self._view(image, spec.global_size, spec.global_scale, generator) for _ in range(spec.n_global)]
-        views += [self._view(image, spec.local_size, spec.local_scale, generator) for _ in range(spec.n_local)]
+        views = [self._view(image, spec.global_size, spec.global_scale, min(i, 1), generator)
+                 for i in range(spec.n_global)]
+        views += [self._view(image, spec.local_size, spec.local_scale, 2, generator) for _ in range(spec.n_local)]
         return views

@@ -18,6 +18,7 @@ from typing import Any, Callable
 from silc_eval.core.errors import UserError
 from silc_eval.train.augment import ViewSpec
 from silc_eval.train.objectives import SILC_VIEWS, ContrastiveObjective, DinoObjective, SilcObjective
+from silc_eval.train.photometric import photometric_from
 from silc_eval.train.sfclip import SfClipObjective
 
 
@@ -33,6 +34,7 @@ def view_spec(section: dict[str, Any] | None, image_size: int, default: dict[str
     for key in ("global_scale", "local_scale", "ratio"):
         if key in values:
             values[key] = tuple(values[key])
+    values["photometric"] = photometric_from(values.get("photometric"))
     return ViewSpec(**values)
 
 
