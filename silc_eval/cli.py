@@ -187,6 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--train-only", action="store_true", help="train the runs, evaluate and report nothing")
     study.add_argument("--report-only", action="store_true", help="rewrite the report from the records")
     study.add_argument("--no-progress", action="store_true", help="no progress bars or step logs")
+
+    cache = sub.add_parser("cache", help="show what the feature cache holds; with an option, prune it")
+    cache.add_argument("--max-gb", type=float, default=None,
+                       help="remove the least recently used entries until the feature cache fits in this many GB")
+    cache.add_argument("--unused-days", type=float, default=None,
+                       help="remove entries not used for more than this many days")
+    cache.add_argument("--model-sha256", action="append", default=[], metavar="HEX",
+                       help="remove the entries of the model whose weights sha256 starts with HEX (repeatable)")
+    cache.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     return parser
 
 
@@ -363,8 +372,59 @@ def cmd_study(args) -> int:
     return 0
 
 
+def _size(n_bytes: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return ""
+
+
+def cmd_cache(args) -> int:
+    import re
+    import time
+
+    from silc_eval.core.paths import cache_dir
+    from silc_eval.features import housekeeping
+
+    for option, value in (("--max-gb", args.max_gb), ("--unused-days", args.unused_days)):
+        if value is not None and not value >= 0:
+            raise UserError(f"{option} {value:g}: expected a number >= 0")
+    for prefix in args.model_sha256:
+        if not re.fullmatch(r"[0-9a-fA-F]{4,64}", prefix):
+            raise UserError(f"--model-sha256 {prefix}: expected 4 to 64 hex digits of a weights sha256")
+    inventory = housekeeping.take_inventory()
+    now = time.time()
+    print(f"feature cache {housekeeping.features_dir()}: {len(inventory.entries)} entries, {_size(inventory.bytes)}")
+    for row in housekeeping.summary(inventory):
+        days = [(now - row[k]) / 86400 for k in ("newest_use", "oldest_use")]
+        print(f"  {row['kind']:<17s} {row['entries']:6d} entries {_size(row['bytes']):>10s}   last used "
+              f"{days[0]:.1f} to {days[1]:.1f} days ago")
+    others = [p for p in sorted(cache_dir().glob("*")) if p.is_dir() and p.name != "features"]
+    for folder in others:
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        print(f"  {folder.name + '/':<42s} {_size(size):>10s}   (not pruned here)")
+    pruning = args.max_gb is not None or args.unused_days is not None or args.model_sha256
+    leftovers = housekeeping.stale_leftovers(inventory)
+    if not pruning and not leftovers:
+        return 0
+    max_bytes = None if args.max_gb is None else int(args.max_gb * 1e9)
+    chosen = housekeeping.select_for_pruning(inventory, max_bytes, args.unused_days,
+                                             [m.lower() for m in args.model_sha256], now)
+    chosen_bytes = sum(e.bytes for e in chosen) + sum(p.stat().st_size for p in leftovers if p.exists())
+    if args.dry_run:
+        print(f"would remove {len(chosen)} entries and {len(leftovers)} leftover files of killed runs "
+              f"({_size(chosen_bytes)}); nothing removed (--dry-run)")
+        return 0
+    freed = housekeeping.remove(chosen, leftovers)
+    print(f"removed {len(chosen)} entries and {len(leftovers)} leftover files of killed runs ({_size(freed)}); "
+          f"{len(inventory.entries) - len(chosen)} entries ({_size(inventory.bytes - sum(e.bytes for e in chosen))}) "
+          f"kept")
+    return 0
+
+
 COMMANDS = {"run": cmd_run, "report": cmd_report, "check": cmd_check, "compare": cmd_compare, "list": cmd_list,
-            "data": cmd_data, "train": cmd_train, "study": cmd_study}
+            "data": cmd_data, "train": cmd_train, "study": cmd_study, "cache": cmd_cache}
 
 
 def main(argv: list[str] | None = None) -> int:

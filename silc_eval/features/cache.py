@@ -13,6 +13,9 @@ under `cache_dir()/features`:
 - `<key>.json`: provenance (key parts, silc-eval version, creation time) and the data
   file's byte size and sha256.
 
+The metadata file's modification time is the entry's last use (set on write, refreshed on every hit):
+`silc-eval cache` (features/housekeeping.py) prunes the least recently used first.
+
 The data file is written first and the metadata last, each atomically, so a run killed
 midway leaves at worst a data file without metadata, which is never read as valid. On
 read the data is checked against the metadata; a mismatch (truncated or corrupt file)
@@ -191,12 +194,23 @@ def _verified(key: str, suffix: str, read: Callable[[bytes, dict], Any]) -> Any:
         blob = data_path.read_bytes()
         if meta.get("schema") != SCHEMA or len(blob) != meta["bytes"] or hashlib.sha256(blob).hexdigest() != meta["sha256"]:
             raise ValueError("data does not match its metadata (truncated or corrupt)")
-        return read(blob, meta)
+        found = read(blob, meta)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         _log(f"entry {key} is unreadable ({exc}); removing and recomputing")
         _remove(key)
         STATS["rebuilt"] += 1
         return None
+    touch(meta_path)
+    return found
+
+
+def touch(meta_path: Path) -> None:
+    """Mark an entry as used now (its metadata's modification time: features/housekeeping.py prunes the least
+    recently used first); a read-only cache is left as it is. Returns nothing."""
+    try:
+        os.utime(meta_path)
+    except OSError:
+        pass
 
 
 def _read_array(blob: bytes, meta: dict) -> np.ndarray:
