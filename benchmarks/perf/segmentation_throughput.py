@@ -234,9 +234,11 @@ def main() -> int:
     bare_forward(model, stacks, params)
     variants_equal = all(torch.equal(a, b) for a, b in zip(five_variants(model, stacks, params, False),
                                                            five_variants(model, stacks, params, True)))
-    times = {"batched": [], "per-window": [], "bare": [], "five alone": [], "five shared": []}
+    one_per_call = {**params, "batch_size": 1}
+    times = {"batched": [], "per-window": [], "bare": [], "bare 1": [], "five alone": [], "five shared": []}
     for repeat in range(args.repeats):
         order = [("batched", batched), ("per-window", looped), ("bare", lambda: bare_forward(model, stacks, params)),
+                 ("bare 1", lambda: bare_forward(model, stacks, one_per_call)),
                  ("five alone", lambda: five_variants(model, stacks, params, False)),
                  ("five shared", lambda: five_variants(model, stacks, params, True))]
         for name, fn in (order if repeat % 2 == 0 else order[::-1]):
@@ -249,13 +251,15 @@ def main() -> int:
     print(f"{'path':<34}{'img/s median':>14}{'min':>10}{'max':>10}")
     medians = {}
     for name, label in [("batched", "(a) silc_eval batched windows"), ("per-window", "(b) per-window loop (SCLIP)"),
-                        ("bare", "(c) bare dense forward")]:
+                        ("bare", "(c) bare dense forward"), ("bare 1", "(e) bare forward, 1 window a call")]:
         rates = [len(images) / t for t in times[name]]
         medians[name] = statistics.median(rates)
         print(f"{label:<34}{medians[name]:>14.2f}{min(rates):>10.2f}{max(rates):>10.2f}")
     print(f"(a)/(b) batched / per-window: {medians['batched'] / medians['per-window']:.2f}x")
     print(f"(a)/(c) batched / bare forward: {medians['batched'] / medians['bare']:.2f}")
     print(f"(a) and (b) predict identical class maps: {same}")
+    print(f"(c)/(e) what batching buys the bare forward alone: {medians['bare'] / medians['bare 1']:.2f}x "
+          f"(a compute-bound forward caps (a)/(b) near this; the rest is the loop's own per-window cost)")
     alone, shared = (statistics.median(times[name]) for name in ("five alone", "five shared"))
     print(f"(d) five dense variants, bare forward: each alone {alone:.2f} s, one shared trunk {shared:.2f} s "
           f"(medians), ratio {alone / shared:.2f}x; identical features: {variants_equal}")
