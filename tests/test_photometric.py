@@ -127,9 +127,17 @@ def test_recipe_entries_parse_to_the_preset_or_its_overrides():
     assert view_spec({"n_global": 1}, 64, {}).photometric is None
 
 
-@pytest.mark.parametrize("entry,message", [("simclr", "unknown preset 'simclr'"),
-                                           ({"flip": 0.5}, "unknown views.photometric parameter 'flip'"),
-                                           (3, "must be none, a preset name or a mapping")])
+@pytest.mark.parametrize("entry,message", [
+    ("simclr", "unknown preset 'simclr'"),
+    ({"flip": 0.5}, "unknown views.photometric parameter 'flip'"),
+    (3, "must be none, a preset name or a mapping"),
+    ({"flip_p": 1.5}, r"flip_p = 1.5: expected a probability in \[0, 1\]"),
+    ({"blur_p": 0.5}, r"blur_p = 0.5: expected 3 probabilities"),
+    ({"solarize_p": [0, 0.2]}, r"solarize_p = \(0, 0.2\): expected 3 probabilities"),
+    ({"hue": 0.7}, r"hue = 0.7: expected a strength in \[0, 0.5\]"),
+    ({"contrast": -0.1}, r"contrast = -0.1: expected a strength"),
+    ({"blur_sigma": [2.0, 0.1]}, r"blur_sigma = \(2.0, 0.1\): expected \[low, high\]"),
+])
 def test_bad_recipe_entries_are_one_clear_error(entry, message):
     with pytest.raises(UserError, match=message):
         photometric_from(entry)

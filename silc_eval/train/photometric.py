@@ -9,8 +9,8 @@ other global views and 0.5 on local views; the second global view is solarised (
 size / 224, so a blur covers the same fraction of the view.
 
 The image operations are torchvision's (`torchvision.transforms.functional`, on PIL
-images) and, for the blur, PIL's `ImageFilter.GaussianBlur` as in DINO; only the random draws are ours, so that a sample's views stay a function of its
-generator (train/augment.py).
+images) and, for the blur, PIL's `ImageFilter.GaussianBlur` as in DINO; only the random
+draws are ours, so that a sample's views stay a function of its generator (train/augment.py).
 """
 
 from __future__ import annotations
@@ -45,10 +45,6 @@ class Photometric:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: tuple[float, float, float] = (0.0, 0.2, 0.0)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the parameters as plain YAML-able values."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
 
 PRESETS = {"dino": Photometric()}
 
@@ -76,7 +72,33 @@ def photometric_from(value: Any) -> Photometric | None:
                         f"{', '.join(sorted(names))}")
     for key, item in values.items():
         values[key] = tuple(item) if isinstance(item, list) else item
-    return Photometric(**{**asdict(base), **values})
+    return _checked(Photometric(**{**asdict(base), **values}))
+
+
+def _checked(spec: Photometric) -> Photometric:
+    """Return spec, or raise UserError naming the first value out of its range."""
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    def fail(name: str, expected: str):
+        raise UserError(f"views.photometric.{name} = {getattr(spec, name)!r}: expected {expected}")
+
+    for name in ("flip_p", "jitter_p", "grayscale_p"):
+        if not (number(getattr(spec, name)) and 0 <= getattr(spec, name) <= 1):
+            fail(name, "a probability in [0, 1]")
+    for name in ("blur_p", "solarize_p"):
+        value = getattr(spec, name)
+        if not (isinstance(value, tuple) and len(value) == 3 and all(number(v) and 0 <= v <= 1 for v in value)):
+            fail(name, "3 probabilities in [0, 1] (first global view, other global views, local views)")
+    for name in ("brightness", "contrast", "saturation"):
+        if not (number(getattr(spec, name)) and 0 <= getattr(spec, name) <= 1):
+            fail(name, "a strength in [0, 1]")
+    if not (number(spec.hue) and 0 <= spec.hue <= 0.5):
+        fail("hue", "a strength in [0, 0.5]")
+    sigma = spec.blur_sigma
+    if not (isinstance(sigma, tuple) and len(sigma) == 2 and all(number(v) for v in sigma) and 0 < sigma[0] <= sigma[1]):
+        fail("blur_sigma", "[low, high] with 0 < low <= high")
+    return spec
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
