@@ -91,8 +91,8 @@ def _checked(spec: Photometric) -> Photometric:
         if not (isinstance(value, tuple) and len(value) == 3 and all(number(v) and 0 <= v <= 1 for v in value)):
             fail(name, "3 probabilities in [0, 1] (first global view, other global views, local views)")
     for name in ("brightness", "contrast", "saturation"):
-        if not (number(getattr(spec, name)) and 0 <= getattr(spec, name) <= 1):
-            fail(name, "a strength in [0, 1]")
+        if not (number(getattr(spec, name)) and getattr(spec, name) >= 0):
+            fail(name, "a strength >= 0 (factors drawn from [max(0, 1 - s), 1 + s], as torchvision's ColorJitter)")
     if not (number(spec.hue) and 0 <= spec.hue <= 0.5):
         fail("hue", "a strength in [0, 0.5]")
     sigma = spec.blur_sigma
@@ -111,12 +111,7 @@ def _happens(generator: torch.Generator, p: float) -> bool:
 
 def _jitter(image: Image.Image, spec: Photometric, generator: torch.Generator) -> Image.Image:
     """Brightness, contrast, saturation and hue in a random order, factors as torchvision's ColorJitter."""
-    adjustments = [
-        lambda im, f: TF.adjust_brightness(im, f),
-        lambda im, f: TF.adjust_contrast(im, f),
-        lambda im, f: TF.adjust_saturation(im, f),
-        lambda im, f: TF.adjust_hue(im, f),
-    ]
+    adjustments = [TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue]
     ranges = [(max(0.0, 1 - spec.brightness), 1 + spec.brightness),
               (max(0.0, 1 - spec.contrast), 1 + spec.contrast),
               (max(0.0, 1 - spec.saturation), 1 + spec.saturation),
