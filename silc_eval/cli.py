@@ -373,11 +373,13 @@ def cmd_study(args) -> int:
 
 
 def _size(n_bytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n_bytes < 1000 or unit == "GB":
-            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+    if n_bytes < 1000:
+        return f"{n_bytes:.0f} B"
+    for unit in ("KB", "MB"):
         n_bytes /= 1000
-    return ""
+        if n_bytes < 1000:
+            return f"{n_bytes:.1f} {unit}"
+    return f"{n_bytes / 1000:.1f} GB"
 
 
 def cmd_cache(args) -> int:

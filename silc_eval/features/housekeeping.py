@@ -138,14 +138,7 @@ def remove(entries: Iterable[Entry], leftovers: Iterable[Path] = ()) -> int:
     """Remove entries (metadata first, then data) and leftover files; return the bytes freed. Files already gone
     count as removed."""
     freed = 0
-    for entry in entries:
-        for path in entry.files:  # files[0] is the metadata
-            try:
-                freed += path.stat().st_size
-                path.unlink()
-            except FileNotFoundError:
-                continue
-    for path in leftovers:
+    for path in [*(p for entry in entries for p in entry.files), *leftovers]:  # an entry's files[0] is its metadata
         try:
             freed += path.stat().st_size
             path.unlink()

@@ -54,8 +54,6 @@ def photometric_from(value: Any) -> Photometric | None:
     mapping {preset: name (default dino), <field>: value, ...}; raises UserError on anything else."""
     if value is None or value == "none":
         return None
-    if isinstance(value, Photometric):
-        return value
     if isinstance(value, str):
         if value not in PRESETS:
             raise UserError(f"views.photometric: unknown preset '{value}'; expected none or one of "
